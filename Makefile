@@ -1,0 +1,30 @@
+# The two commands of the README. Both create the virtual environment when
+# it is missing and reinstall when pyproject.toml changes.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test install clean-runs
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# One install serves both targets; the test extra only adds pytest.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## make demo: install, then run the quickstart sweep (6 CNN-F trials on the bundled sample).
+demo: $(VENV)/.installed
+	$(BIN)/sweep launch sweeps/examples/quickstart.yaml
+
+## make test: install with the test extra, then run every test (slow ones included).
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean-runs:
+	rm -rf runs

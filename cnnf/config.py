@@ -1,0 +1,138 @@
+"""Typed configuration of a CNN-F experiment (house style 1).
+
+Frozen dataclasses with the defaults of the paper's Fashion-MNIST standard
+training (Appendix B.1). YAML keys are exactly these field names;
+`sweeps/spec.py` validates a YAML file into these classes, and a trial
+rebuilds its config from the sampled values with `dataclasses.replace`.
+
+Units: every epsilon is in [0, 1] pixel units (`eps_linf` 0.1 = 0.1 of the
+pixel range), whatever the model's input scaling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+class ConfigError(ValueError):
+    """A config value that is well-typed but not allowed; names the field."""
+
+    def __init__(self, field_path: str, message: str):
+        self.field = field_path
+        self.message = message
+        super().__init__(f"{field_path}: {message}")
+
+
+def require(ok: bool, field_path: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(field_path, message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, where it lives, and the train/validation split."""
+
+    dataset: str = "fashion-mnist-sample"
+    root: Optional[str] = None  # None: $CNNF_DATA_ROOT, else ./data
+    download: bool = False
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    n_train: Optional[int] = None  # seeded stratified subset of the training split
+
+    def __post_init__(self) -> None:
+        from cnnf.data import dataset_names
+
+        require(self.dataset in dataset_names(), "dataset", f"unknown dataset {self.dataset!r}; expected one of: {', '.join(dataset_names())}")
+        require(0.0 < self.val_fraction < 1.0, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        require(self.n_train is None or self.n_train > 0, "n_train", f"must be positive, got {self.n_train}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture (a registered name) and its feedback knobs."""
+
+    arch: str = "cnnf_fmnist_std"
+    ind: int = 0  # level the feedback reconstructs to; 0 = image (pixel-level)
+    step_size: float = 0.1  # eta of the online update
+
+    def __post_init__(self) -> None:
+        from cnnf.models import model_entry, model_names
+
+        require(self.arch in model_names(), "arch", f"unknown model {self.arch!r}; expected one of: {', '.join(model_names())}")
+        legal = model_entry(self.arch).meta["legal_inds"]
+        require(self.ind in legal, "ind", f"ind={self.ind} is not legal for {self.arch}; expected one of {list(legal)}")
+        require(0.0 < self.step_size <= 1.0, "step_size", f"must be in (0, 1], got {self.step_size}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Standard training (B.1): Adam, CE at every iteration + reconstruction."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    n_iterations: int = 1  # feedback iterations T during training
+    clean_coef: float = 1.0  # weight of the cross-entropy terms
+    recon_coef: float = 0.1  # weight of the reconstruction terms (lambda)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(self.n_iterations >= 0, "n_iterations", f"must be >= 0, got {self.n_iterations}")
+        require(self.clean_coef > 0, "clean_coef", f"must be > 0, got {self.clean_coef}")
+        require(self.recon_coef >= 0, "recon_coef", f"must be >= 0, got {self.recon_coef}")
+        require(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            "device",
+            f"expected auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Clean accuracy and Linf PGD against the first pass and end to end."""
+
+    n_iterations: Optional[int] = None  # feedback iterations at test time; None: train.n_iterations
+    prediction: Literal["first", "last", "avg"] = "avg"
+    eps_linf: float = 0.1  # [0, 1] pixel units (Fashion-MNIST standard budget)
+    pgd_steps: int = 40
+    pgd_step_linf: Optional[float] = None  # [0, 1] pixel units; None: 2.5 * eps_linf / pgd_steps
+    pgd_random_start: bool = True
+    n_examples: Optional[int] = None  # evaluate the first n of each split; None: all
+    batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.n_iterations is None or self.n_iterations >= 0, "n_iterations", f"must be >= 0, got {self.n_iterations}")
+        require(0.0 <= self.eps_linf <= 1.0, "eps_linf", f"must be in [0, 1] pixel units, got {self.eps_linf}")
+        require(self.pgd_steps >= 1, "pgd_steps", f"must be >= 1, got {self.pgd_steps}")
+        require(self.pgd_step_linf is None or self.pgd_step_linf > 0, "pgd_step_linf", f"must be > 0, got {self.pgd_step_linf}")
+        require(self.n_examples is None or self.n_examples > 0, "n_examples", f"must be positive, got {self.n_examples}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One CNN-F training + evaluation run; the `base` of a `cnnf` sweep."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        from cnnf.models import model_entry
+
+        if not model_entry(self.model.arch).meta["feedback"]:
+            require(self.train.n_iterations == 0, "train.n_iterations", f"must be 0 for the plain CNN {self.model.arch}")
+            require(self.eval.n_iterations in (None, 0), "eval.n_iterations", f"must be 0 for the plain CNN {self.model.arch}")
+
+    @property
+    def eval_iterations(self) -> int:
+        return self.train.n_iterations if self.eval.n_iterations is None else self.eval.n_iterations

@@ -1,0 +1,17 @@
+"""CNN-F architectures. Importing this package registers every model."""
+
+from cnnf.models import fmnist  # noqa: F401  (registers models)
+from cnnf.models.base import PREDICTIONS, CNNFOutput, FeedbackNet, InferenceModel, cnnf_loss
+from cnnf.models.registry import create_model, model_entry, model_names, register_model
+
+__all__ = [
+    "PREDICTIONS",
+    "CNNFOutput",
+    "FeedbackNet",
+    "InferenceModel",
+    "cnnf_loss",
+    "create_model",
+    "model_entry",
+    "model_names",
+    "register_model",
+]

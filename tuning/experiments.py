@@ -1,0 +1,55 @@
+"""Experiment kinds a sweep can run, by name (`experiment: cnnf` in the YAML).
+
+A kind is its trainable function plus what the sweep layer must know
+without running it: the base config class, the metrics the trainable
+reports, which of them may be objectives, and how to rebuild the trained
+model from a trial's checkpoint. Adding a kind (FL, issue 5) is one
+`register_experiment` call next to its trainable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from cnnf.registry import Registry
+
+
+@dataclass(frozen=True)
+class ExperimentKind:
+    name: str
+    trainable: Callable[..., None]  # (config: dict, *, base, cpus, gpus) -> None, reports through ray.tune
+    config_cls: type
+    epoch_metrics: tuple[str, ...]  # reported every epoch (may drive early stopping)
+    final_metrics: tuple[str, ...]  # reported once at the end
+    preflight: Callable[[Any], None]  # raises before launch if a trial could not start (data missing)
+    load_model: Callable[[Path, Any], tuple[Any, Any]]  # (checkpoint dir, config) -> (torch module, input example)
+    describe_eval: Callable[[Any], str]  # one line on what the final metrics measure, with units
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return self.epoch_metrics + self.final_metrics
+
+    def objective_metrics(self) -> tuple[str, ...]:
+        """Metrics a sweep may optimise: never a test-split metric."""
+        return tuple(m for m in self.metrics if not m.startswith("test_"))
+
+
+EXPERIMENTS: Registry[ExperimentKind] = Registry("experiment kind")
+
+
+def register_experiment(kind: ExperimentKind) -> None:
+    EXPERIMENTS.register(kind.name)(lambda: kind)
+
+
+def experiment_kind(name: str) -> ExperimentKind:
+    import tuning.trainables  # noqa: F401  (registers the kinds)
+
+    return EXPERIMENTS.create(name)
+
+
+def experiment_names() -> list[str]:
+    import tuning.trainables  # noqa: F401
+
+    return EXPERIMENTS.names()
