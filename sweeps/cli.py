@@ -20,7 +20,8 @@ out = Console(highlight=False, markup=False)  # messages carry user text such as
 err = Console(stderr=True, highlight=False, markup=False)
 
 EXIT_INVALID = 2  # the input is wrong: nothing was started or written
-EXIT_FAILED = 1  # the sweep ran but failed
+EXIT_FAILED = 1  # the sweep ran but a trial failed or none finished
+EXIT_INTERRUPTED = 130  # stopped with Ctrl-C; finished trials are kept
 
 
 def _load(file: Path):  # -> LoadedSweep
@@ -74,16 +75,21 @@ def launch(
         raise typer.Exit(EXIT_INVALID) from None
 
     out.print()
-    out.print(f"sweep {outcome.sweep_id}: {outcome.n_finished} of {outcome.n_trials} trials finished, "
+    state = "interrupted" if outcome.status == "KILLED" else outcome.status.lower()
+    out.print(f"sweep {outcome.sweep_id} {state}: {outcome.n_finished} of {outcome.n_requested} trials finished, "
               f"{outcome.n_failed} failed; outputs in {outcome.output_dir}", style="bold", soft_wrap=True)
+    if outcome.best is not None:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in outcome.best.params.items())
+        out.print(f"best trial {outcome.best.trial_id}: {outcome.metric}={outcome.best.value:.4f} ({outcome.mode}) with {params}", soft_wrap=True)
+        out.print("open it in the MLflow UI:", soft_wrap=True)
+        out.print(f"  {outcome.ui_command}", soft_wrap=True)
+        out.print(f"  then browse {outcome.best_url}", soft_wrap=True)
+    if outcome.status == "KILLED":
+        out.print("the finished trials are recorded; an interrupted sweep cannot be resumed yet, launch it again", soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
     if outcome.best is None:
         err.print("error: no trial finished with the objective; see the trial errors above")
         raise typer.Exit(EXIT_FAILED)
-    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in outcome.best.params.items())
-    out.print(f"best trial {outcome.best.trial_id}: {outcome.metric}={outcome.best.value:.4f} ({outcome.mode}) with {params}", soft_wrap=True)
-    out.print("open it in the MLflow UI:", soft_wrap=True)
-    out.print(f"  {outcome.ui_command}", soft_wrap=True)
-    out.print(f"  then browse {outcome.best_url}", soft_wrap=True)
     if outcome.n_failed:
         raise typer.Exit(EXIT_FAILED)
 

@@ -46,7 +46,8 @@ class SweepOutcome:
     parent_run_id: str
     metric: str
     mode: str
-    n_trials: int
+    status: str  # FINISHED | KILLED (interrupted) | FAILED, as on the parent run
+    n_requested: int
     n_finished: int
     n_failed: int
     best: Optional[TrialSummary]
@@ -179,7 +180,7 @@ def _run(cfg: SweepConfig, spec_text: str, spec_path: Optional[Path]) -> SweepOu
     return SweepOutcome(
         sweep_id=out.name, output_dir=out, tracking_uri=tracking_uri, experiment_id=tracker.experiment_id,
         parent_run_id=tracker.parent_run_id or "", metric=cfg.search.metric, mode=cfg.search.mode,
-        n_trials=len(records), n_finished=sum(r.status == "FINISHED" for r in records),
+        status=status, n_requested=cfg.search.num_trials, n_finished=sum(r.status == "FINISHED" for r in records),
         n_failed=sum(r.status == "FAILED" for r in records), best=best, ui_command=ui,
         best_url=f"http://127.0.0.1:5000/{tracker.run_url(best.run_id)}" if best else None,
     )

@@ -36,6 +36,11 @@ def _report(metrics: dict[str, float], state: TrainState, config: ExperimentConf
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
+def _epoch_metrics(result: EpochResult) -> dict[str, float]:
+    # Tune's progress table shows the first few reported metrics: objective first.
+    return {"epoch": result.epoch, "val_acc": result.val_acc, "train_loss": result.train_loss, **result.metrics()}
+
+
 def trial_device(requested: str, gpus: float) -> str:
     """The device a trial may use: 'auto' means its GPU only if Ray gave it one.
 
@@ -72,14 +77,14 @@ def train_cnnf(config: dict[str, Any], *, base: ExperimentConfig, cpus: float, g
 
     def on_epoch(result: EpochResult, state: TrainState) -> None:
         if result.epoch < cfg.train.epochs:
-            _report({"epoch": result.epoch, **result.metrics()}, state, cfg)
+            _report(_epoch_metrics(result), state, cfg)
         last["result"], last["state"] = result, state
 
     fitted = fit(cfg, splits, callback=on_epoch, resume=resume)
     result, state = last.get("result", fitted.history[-1]), last.get("state", resume)
     val = evaluate(fitted.model, splits.val, cfg.eval, cfg.eval_iterations, split="val")
     test = evaluate(fitted.model, splits.test, cfg.eval, cfg.eval_iterations, split="test")
-    metrics = {"epoch": result.epoch, **result.metrics(), **val.metrics("val_"), **test.metrics("test_")}
+    metrics = {**_epoch_metrics(result), **val.metrics("val_"), **test.metrics("test_")}
     _report(metrics, state, cfg, {"eval": [val.as_dict(), test.as_dict()]})
 
 

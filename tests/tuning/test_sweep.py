@@ -27,7 +27,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory):
 
 def test_outcome_names_best_trial_and_ui_command(sweep) -> None:
     out, _, outcome = sweep
-    assert (outcome.n_trials, outcome.n_finished, outcome.n_failed) == (2, 2, 0)
+    assert (outcome.status, outcome.n_requested, outcome.n_finished, outcome.n_failed) == ("FINISHED", 2, 2, 0)
     assert outcome.output_dir.parent == out and outcome.output_dir.name.startswith("tiny-")
     assert outcome.tracking_uri == f"sqlite:///{out / MLFLOW_DB}"
     assert f"ui --backend-store-uri {outcome.tracking_uri}" in outcome.ui_command
