@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-
 import random
 import time
 from dataclasses import dataclass, field

@@ -191,7 +191,7 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _param_spec(name: str, raw: Any, err: Any) -> ParamSpec:
+def _param_spec(raw: Any, err: Any) -> ParamSpec:
     """One `space` entry, e.g. {loguniform: [0.01, 0.5]} or {choice: [0, 1, 2]}."""
     forms = "{uniform: [low, high]}, {loguniform: [low, high]}, {int: [low, high]} (options step, log) or {choice: [v1, v2, ...]}"
     if not isinstance(raw, dict):
@@ -243,7 +243,7 @@ def _check_space(space_raw: Any, base: Any, base_cls: type, lines: _Lines, file:
             hint = difflib.get_close_matches(name, paths, n=1)
             suggestion = f"did you mean {hint[0]!r}? " if hint else ""
             raise err((), f"unknown parameter; {suggestion}parameters are dotted paths into base, one of: {', '.join(paths)}")
-        spec = _param_spec(name, raw, err)
+        spec = _param_spec(raw, err)
         adapter = TypeAdapter(hints[name], config=ConfigDict(strict=True))
         for value in boundary_values(spec):
             try:
@@ -291,19 +291,13 @@ def load_sweep(path: str | Path) -> LoadedSweep:
 
 def parse_sweep(text: str, file: str = "<sweep>", path: Optional[Path] = None) -> LoadedSweep:
     data, lines = _parse(text, file)
-    top_valid = _valid_keys(SweepConfig)
-    top = _model_for(SweepConfig, exclude=("base", "space"))
-    unknown_top = {k: v for k, v in data.items() if k not in top_valid[()]}
-    known = {k: v for k, v in data.items() if k not in ("base", "space")}
+    top = _model_for(SweepConfig, exclude=("base", "space"))  # those two are checked below
     try:
-        if unknown_top:
-            top.model_validate({**known, **unknown_top})  # reports the first unknown key
-        model = top.model_validate(known)
+        model = top.model_validate({k: v for k, v in data.items() if k not in ("base", "space")})
     except ValidationError as exc:
-        raise _pydantic_error(exc, (), lines, file, top_valid) from None
+        raise _pydantic_error(exc, (), lines, file, _valid_keys(SweepConfig)) from None
 
-    name = getattr(model, "name")
-    kind_name = getattr(model, "experiment")
+    name, kind_name = model.name, model.experiment  # type: ignore[attr-defined]
     if kind_name not in experiment_names():
         raise SpecError(file, lines.of(("experiment",), key=False), "experiment",
                         f"unknown experiment kind {kind_name!r}; expected one of: {', '.join(experiment_names())}")

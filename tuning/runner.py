@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tuning.config import SweepConfig
-from tuning.experiments import experiment_kind
+from tuning.experiments import ExperimentKind, experiment_kind
 
 MLFLOW_DB = "mlflow.db"
 JOURNAL = "optuna.journal"
@@ -106,7 +106,7 @@ def launch_sweep(cfg: SweepConfig, spec_text: str, *, spec_path: Optional[Path] 
     started_ray = _init_ray(address)
     try:
         _check_feasible(cfg)
-        return _run(cfg, spec_text, spec_path)
+        return _run(cfg, kind, spec_text, spec_path)
     finally:
         if started_ray:
             import ray
@@ -114,13 +114,12 @@ def launch_sweep(cfg: SweepConfig, spec_text: str, *, spec_path: Optional[Path] 
             ray.shutdown()
 
 
-def _run(cfg: SweepConfig, spec_text: str, spec_path: Optional[Path]) -> SweepOutcome:
+def _run(cfg: SweepConfig, kind: ExperimentKind, spec_text: str, spec_path: Optional[Path]) -> SweepOutcome:
     from ray import tune
 
     from tuning.searchers import create_searcher
-    from tuning.tracking import MlflowTrialCallback, SweepTracker, plot_sweep
+    from tuning.tracking import MlflowTrialCallback, SweepTracker
 
-    kind = experiment_kind(cfg.experiment)
     root = Path(cfg.output_dir).resolve()
     out = _sweep_dir(root, cfg.name)
     out.mkdir(parents=True)
@@ -174,15 +173,19 @@ def _run(cfg: SweepConfig, spec_text: str, spec_path: Optional[Path]) -> SweepOu
             status = "KILLED"  # Tune returns normally after Ctrl-C too
         records = list(callback.records.values())
         best = _best(records, cfg.search.metric, cfg.search.mode)
-        _finish_parent(tracker, out, records, best, cfg, status, plot_sweep)
-    mlflow_exe = Path(sys.executable).with_name("mlflow")
-    ui = f"{mlflow_exe if mlflow_exe.exists() else 'mlflow'} ui --backend-store-uri {tracking_uri} --port 5000"
+        _finish_parent(tracker, out, records, best, cfg, status)
+    if tracking_uri.startswith(("http://", "https://")):  # an MLflow server already serves the UI
+        ui, ui_base = f"open {tracking_uri}", tracking_uri.rstrip("/")
+    else:
+        mlflow_exe = Path(sys.executable).with_name("mlflow")
+        ui = f"{mlflow_exe if mlflow_exe.exists() else 'mlflow'} ui --backend-store-uri {tracking_uri} --port 5000"
+        ui_base = "http://127.0.0.1:5000"
     return SweepOutcome(
         sweep_id=out.name, output_dir=out, tracking_uri=tracking_uri, experiment_id=tracker.experiment_id,
         parent_run_id=tracker.parent_run_id or "", metric=cfg.search.metric, mode=cfg.search.mode,
         status=status, n_requested=cfg.search.num_trials, n_finished=sum(r.status == "FINISHED" for r in records),
         n_failed=sum(r.status == "FAILED" for r in records), best=best, ui_command=ui,
-        best_url=f"http://127.0.0.1:5000/{tracker.run_url(best.run_id)}" if best else None,
+        best_url=f"{ui_base}/{tracker.run_url(best.run_id)}" if best else None,
     )
 
 
@@ -194,8 +197,10 @@ def _best(records: list, metric: str, mode: str) -> Optional[TrialSummary]:
     return TrialSummary(r.trial_id, r.run_id, r.params, r.metrics[metric], r.metrics)
 
 
-def _finish_parent(tracker: Any, out: Path, records: list, best: Optional[TrialSummary], cfg: SweepConfig, status: str, plot_sweep: Any) -> None:
+def _finish_parent(tracker: Any, out: Path, records: list, best: Optional[TrialSummary], cfg: SweepConfig, status: str) -> None:
     """Trial table, sweep plot and best trial on the parent run; then end it."""
+    from tuning.tracking import plot_sweep
+
     client, run_id = tracker.client, tracker.parent_run_id
     metric = cfg.search.metric
     table = out / "trials.csv"
@@ -207,7 +212,7 @@ def _finish_parent(tracker: Any, out: Path, records: list, best: Optional[TrialS
         for r in records:
             writer.writerow([r.trial_id, r.run_id, r.status, *(r.params.get(p, "") for p in params), *(r.metrics.get(m, "") for m in metrics)])
     client.log_artifact(run_id, str(table))
-    if plot_sweep(records, metric, cfg.search.mode, cfg.space, out / "sweep.png"):
+    if plot_sweep(records, metric, cfg.space, best.trial_id if best else None, out / "sweep.png"):
         client.log_artifact(run_id, str(out / "sweep.png"))
     client.log_metric(run_id, "n_trials_finished", sum(r.status == "FINISHED" for r in records))
     client.log_metric(run_id, "n_trials_failed", sum(r.status == "FAILED" for r in records))

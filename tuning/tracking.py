@@ -234,7 +234,7 @@ def plot_trial(history: list[dict[str, float]], kind: ExperimentKind, title: str
     plt.close(fig)
 
 
-def plot_sweep(records: list[TrialRecord], metric: str, mode: str, space: dict[str, ParamSpec], path: Path) -> bool:
+def plot_sweep(records: list[TrialRecord], metric: str, space: dict[str, ParamSpec], best_trial_id: Optional[str], path: Path) -> bool:
     """Objective against each sampled parameter, one panel per parameter.
 
     Choices are categorical axes, log-uniform parameters get a log axis.
@@ -248,7 +248,6 @@ def plot_sweep(records: list[TrialRecord], metric: str, mode: str, space: dict[s
     done = [r for r in records if metric in r.metrics]
     if not done or not space:
         return False
-    best = (max if mode == "max" else min)(done, key=lambda r: r.metrics[metric])
     fig, axes = plt.subplots(1, len(space), figsize=(4 * len(space), 3.6), squeeze=False)
     for ax, (name, spec) in zip(axes[0], space.items()):
         if isinstance(spec, Choice):
@@ -263,10 +262,12 @@ def plot_sweep(records: list[TrialRecord], metric: str, mode: str, space: dict[s
             if isinstance(spec, IntRange):
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.scatter([position(r.params.get(name)) for r in done], [r.metrics[metric] for r in done], color="tab:blue")
-        ax.scatter([position(best.params.get(name))], [best.metrics[metric]], color="tab:red", marker="*", s=200, label="best")
+        for best in (r for r in done if r.trial_id == best_trial_id):
+            ax.scatter([position(best.params.get(name))], [best.metrics[metric]], color="tab:red", marker="*", s=200, label="best")
         ax.set_xlabel(name)
         ax.set_ylabel(metric)
-    axes[0][0].legend()
+    if best_trial_id is not None:
+        axes[0][0].legend()
     fig.suptitle(f"{metric} per trial ({len(done)} trials)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

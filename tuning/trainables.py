@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from cnnf.config import ExperimentConfig
-from cnnf.data import check_available, load_splits
+from cnnf.data import check_available, dataset_info, load_splits
 from cnnf.evaluate import evaluate
-from cnnf.models import InferenceModel, model_entry
+from cnnf.models import InferenceModel
 from cnnf.train import EpochResult, TrainState, build_model, fit, load_train_state, save_train_state
 
 from tuning.experiments import ExperimentKind, register_experiment
@@ -94,7 +94,7 @@ def load_cnnf_model(checkpoint_dir: Path, cfg: ExperimentConfig) -> tuple[torch.
     net = build_model(cfg)
     net.load_state_dict(state.model)
     net.eval()
-    example = torch.zeros(1, *model_entry(cfg.model.arch).meta["input_shape"]).numpy()
+    example = torch.zeros(1, *dataset_info(cfg.data.dataset).input_shape).numpy()
     return InferenceModel(net, cfg.eval_iterations, cfg.eval.prediction), example
 
 

@@ -14,7 +14,7 @@ import pytest
 from sweeps.cli import EXIT_INTERRUPTED
 from sweeps.spec import parse_sweep
 from tests.conftest import REPO, TINY_SWEEP
-from tuning.runner import MLFLOW_DB, launch_sweep
+from tuning.runner import JOURNAL, MLFLOW_DB, launch_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,10 @@ def test_ctrl_c_keeps_finished_trials_and_closes_the_rest(tmp_path: Path) -> Non
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
-            if (out / MLFLOW_DB).exists() and any(r.info.status == "FINISHED" for r in _runs(out / MLFLOW_DB)):
+            # The journal appears after the driver has created the MLflow store;
+            # opening the store earlier would race its schema migration.
+            ready = any(out.glob(f"tiny-*/{JOURNAL}"))
+            if ready and any(r.info.status == "FINISHED" for r in _runs(out / MLFLOW_DB)):
                 break
             time.sleep(2)
         assert proc.poll() is None, "the sweep ended before it could be interrupted"
