@@ -172,8 +172,10 @@ def _run(cfg: SweepConfig, kind: ExperimentKind, spec_text: str, spec_path: Opti
         if status == "FINISHED" and (closed or len(callback.records) < cfg.search.num_trials):
             status = "KILLED"  # Tune returns normally after Ctrl-C too
         records = list(callback.records.values())
+        n_finished = sum(r.status == "FINISHED" for r in records)
+        n_failed = sum(r.status == "FAILED" for r in records)
         best = _best(records, cfg.search.metric, cfg.search.mode)
-        _finish_parent(tracker, out, records, best, cfg, status)
+        _finish_parent(tracker, out, records, best, cfg, status, n_finished, n_failed)
     if tracking_uri.startswith(("http://", "https://")):  # an MLflow server already serves the UI
         ui, ui_base = f"open {tracking_uri}", tracking_uri.rstrip("/")
     else:
@@ -183,8 +185,8 @@ def _run(cfg: SweepConfig, kind: ExperimentKind, spec_text: str, spec_path: Opti
     return SweepOutcome(
         sweep_id=out.name, output_dir=out, tracking_uri=tracking_uri, experiment_id=tracker.experiment_id,
         parent_run_id=tracker.parent_run_id or "", metric=cfg.search.metric, mode=cfg.search.mode,
-        status=status, n_requested=cfg.search.num_trials, n_finished=sum(r.status == "FINISHED" for r in records),
-        n_failed=sum(r.status == "FAILED" for r in records), best=best, ui_command=ui,
+        status=status, n_requested=cfg.search.num_trials, n_finished=n_finished,
+        n_failed=n_failed, best=best, ui_command=ui,
         best_url=f"{ui_base}/{tracker.run_url(best.run_id)}" if best else None,
     )
 
@@ -197,7 +199,9 @@ def _best(records: list, metric: str, mode: str) -> Optional[TrialSummary]:
     return TrialSummary(r.trial_id, r.run_id, r.params, r.metrics[metric], r.metrics)
 
 
-def _finish_parent(tracker: Any, out: Path, records: list, best: Optional[TrialSummary], cfg: SweepConfig, status: str) -> None:
+def _finish_parent(
+    tracker: Any, out: Path, records: list, best: Optional[TrialSummary], cfg: SweepConfig, status: str, n_finished: int, n_failed: int
+) -> None:
     """Trial table, sweep plot and best trial on the parent run; then end it."""
     from tuning.tracking import plot_sweep
 
@@ -214,8 +218,8 @@ def _finish_parent(tracker: Any, out: Path, records: list, best: Optional[TrialS
     client.log_artifact(run_id, str(table))
     if plot_sweep(records, metric, cfg.space, best.trial_id if best else None, out / "sweep.png"):
         client.log_artifact(run_id, str(out / "sweep.png"))
-    client.log_metric(run_id, "n_trials_finished", sum(r.status == "FINISHED" for r in records))
-    client.log_metric(run_id, "n_trials_failed", sum(r.status == "FAILED" for r in records))
+    client.log_metric(run_id, "n_trials_finished", n_finished)
+    client.log_metric(run_id, "n_trials_failed", n_failed)
     summary: dict[str, Any] = {"status": status, "metric": metric, "mode": cfg.search.mode, "best": None}
     if best is not None:
         client.log_metric(run_id, f"best_{metric}", best.value)
