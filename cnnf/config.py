@@ -55,27 +55,53 @@ class ModelConfig:
     arch: str = "cnnf_fmnist_std"
     ind: int = 0  # level the feedback reconstructs to; 0 = image (pixel-level)
     step_size: float = 0.1  # eta of the online update
+    # Intermediate levels that also carry a reconstruction loss; None: the
+    # architecture's default (B.2: 3 and 4, WRN: the three group outputs).
+    recon_levels: Optional[tuple[int, ...]] = None
 
     def __post_init__(self) -> None:
         from cnnf.models import model_entry, model_names
 
         require(self.arch in model_names(), "arch", f"unknown model {self.arch!r}; expected one of: {', '.join(model_names())}")
-        legal = model_entry(self.arch).meta["legal_inds"]
+        meta = model_entry(self.arch).meta
+        legal = meta["legal_inds"]
         require(self.ind in legal, "ind", f"ind={self.ind} is not legal for {self.arch}; expected one of {list(legal)}")
         require(0.0 < self.step_size <= 1.0, "step_size", f"must be in (0, 1], got {self.step_size}")
+        if self.recon_levels is not None:
+            object.__setattr__(self, "recon_levels", tuple(self.recon_levels))
+            top = meta["n_levels"] - 1
+            bad = [k for k in self.recon_levels if not self.ind < k <= top]
+            require(
+                not bad and len(set(self.recon_levels)) == len(self.recon_levels),
+                "recon_levels",
+                f"{list(self.recon_levels)} is not allowed for {self.arch} with ind={self.ind}; expected distinct levels in {self.ind + 1}..{top}",
+            )
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Standard training (B.1): Adam, CE at every iteration + reconstruction."""
+    """Training. The defaults are standard training (B.1): Adam, CE at every
+    iteration + reconstruction. Adversarial training (B.2) is adv_eps_linf > 0
+    (0.1 for Fashion-MNIST, 8/255 for CIFAR-10) with optimizer sgd, lr 0.05,
+    lr_schedule poly, grad_clip 0.5, batch_size 256 and clean_coef 0.1."""
 
     epochs: int = 30
-    batch_size: int = 128
+    batch_size: int = 128  # clean images per step; adversarial training adds as many adversarial ones
     lr: float = 1e-3
     weight_decay: float = 5e-4
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.9  # sgd only
+    lr_schedule: Literal["constant", "poly"] = "constant"  # poly: lr (1 - step / steps)^lr_power, every batch
+    lr_power: float = 0.9
+    grad_clip: Optional[float] = None  # global gradient-norm clip (B.2: 0.5)
     n_iterations: int = 1  # feedback iterations T during training
-    clean_coef: float = 1.0  # weight of the cross-entropy terms
+    clean_coef: float = 1.0  # weight cc of the clean cross-entropy terms
     recon_coef: float = 0.1  # weight of the reconstruction terms (lambda)
+    adv_eps_linf: float = 0.0  # [0, 1] pixel units; > 0: PGD adversarial training against the first pass
+    adv_steps: int = 7
+    adv_step_linf: Optional[float] = None  # [0, 1] pixel units; None: 0.355 * adv_eps_linf (B.2: 0.071 for eps 0.2 in code units)
+    augment: Literal["none", "crop_flip"] = "none"  # crop_flip: random crop (pad 4) + horizontal flip (CIFAR)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls/convs to bfloat16, weights and optimizer stay fp32
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
@@ -84,9 +110,15 @@ class TrainConfig:
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(0.0 <= self.momentum < 1.0, "momentum", f"must be in [0, 1), got {self.momentum}")
+        require(self.lr_power > 0, "lr_power", f"must be > 0, got {self.lr_power}")
+        require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", f"must be > 0, got {self.grad_clip}")
         require(self.n_iterations >= 0, "n_iterations", f"must be >= 0, got {self.n_iterations}")
         require(self.clean_coef > 0, "clean_coef", f"must be > 0, got {self.clean_coef}")
         require(self.recon_coef >= 0, "recon_coef", f"must be >= 0, got {self.recon_coef}")
+        require(0.0 <= self.adv_eps_linf <= 1.0, "adv_eps_linf", f"must be in [0, 1] pixel units, got {self.adv_eps_linf}")
+        require(self.adv_steps >= 1, "adv_steps", f"must be >= 1, got {self.adv_steps}")
+        require(self.adv_step_linf is None or self.adv_step_linf > 0, "adv_step_linf", f"must be > 0, got {self.adv_step_linf}")
         require(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             "device",
@@ -127,11 +159,20 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        from cnnf.data import dataset_info
         from cnnf.models import model_entry
 
+        in_shape = model_entry(self.model.arch).meta["input_shape"]
+        data_shape = dataset_info(self.data.dataset).input_shape
+        require(
+            in_shape[1:] == data_shape[1:],
+            "model.arch",
+            f"{self.model.arch} expects {in_shape[1]}x{in_shape[2]} images but {self.data.dataset} has {data_shape[1]}x{data_shape[2]}",
+        )
         if not model_entry(self.model.arch).meta["feedback"]:
             require(self.train.n_iterations == 0, "train.n_iterations", f"must be 0 for the plain CNN {self.model.arch}")
             require(self.eval.n_iterations in (None, 0), "eval.n_iterations", f"must be 0 for the plain CNN {self.model.arch}")
+            require(not self.model.recon_levels, "model.recon_levels", f"must be unset for the plain CNN {self.model.arch}")
 
     @property
     def eval_iterations(self) -> int:

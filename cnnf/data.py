@@ -53,6 +53,23 @@ class ArrayDataset(NamedTuple):
         return ArrayDataset(self.x.to(device), self.y.to(device))
 
 
+def random_crop_flip(x: Tensor, pad: int = 4, generator: torch.Generator | None = None) -> Tensor:
+    """CIFAR augmentation on a batch: random crop after zero-padding each side
+    by `pad` pixels (black, the low end of INPUT_RANGE), then a horizontal flip
+    with probability 1/2. x: (N, C, H, W) -> (N, C, H, W)."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), value=INPUT_RANGE[0])
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
+    flip = torch.rand(n, generator=generator, device=x.device) < 0.5
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (N, 1, H, 1)
+    cols = dx[:, None] + torch.arange(w, device=x.device)  # (N, W)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]  # (N, 1, 1, W)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]
+
+
 @dataclass(frozen=True)
 class DataSplits:
     name: str

@@ -21,6 +21,7 @@ from cnnf.attacks import LinfPGDAttack
 from cnnf.config import EvalConfig
 from cnnf.data import ArrayDataset
 from cnnf.models import FeedbackNet, InferenceModel
+from cnnf.runtime import tune_cpu_allocator
 
 Progress = Callable[[int, int], None]  # (examples done, examples total)
 
@@ -60,6 +61,8 @@ def evaluate(
     """Clean and PGD accuracy of `net` on the first cfg.n_examples of `data`."""
     t0 = time.perf_counter()
     device = next(net.parameters()).device
+    if device.type == "cpu":
+        tune_cpu_allocator()
     data = data.head(cfg.n_examples).to(device)
     net.eval()
     scored = InferenceModel(net, n_iterations, cfg.prediction)

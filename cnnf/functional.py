@@ -8,7 +8,7 @@ to ../shared/docs/cnnf-spec.md.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,14 +17,52 @@ from torch import Tensor
 IN_EPS = 1e-8
 
 
-def l2_instance_norm(x: Tensor, eps: float = IN_EPS) -> Tensor:
+class _L2InstanceNorm(torch.autograd.Function):
+    """y = x r (+ bias) with r = (mean_HW(x^2) + eps)^(-1/2), with a hand-written backward
+
+        dL/dx = r g - x r^3 mean_HW(g x),    dL/dbias = sum_{N,H,W} g,
+
+    two passes over the feature map instead of the six that autograd records
+    for pow / mean / add / rsqrt / mul / add (the norm runs after every conv
+    and conv^T, so this is a measurable share of a CPU training step).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, bias: Optional[Tensor], eps: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.eps, ctx.has_bias = eps, bias is not None
+        r = _inv_rms(x, eps)
+        if bias is None:
+            return x * r
+        return torch.addcmul(bias.view(1, -1, 1, 1).to(x.dtype), x, r)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, Optional[Tensor], None]:  # type: ignore[override]
+        # Built from differentiable ops on x (r recomputed, a cheap reduction),
+        # so second derivatives stay exact under create_graph=True.
+        (x,) = ctx.saved_tensors
+        r = _inv_rms(x, ctx.eps)  # (N, C, 1, 1)
+        m = (g * x).mean(dim=(-2, -1), keepdim=True)  # (N, C, 1, 1)
+        grad_x = torch.addcmul(g * r, x, r.pow(3) * m, value=-1)
+        grad_bias = g.sum(dim=(0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[1] else None
+        return grad_x, grad_bias, None
+
+
+def _inv_rms(x: Tensor, eps: float) -> Tensor:
+    """(mean_HW(x^2) + eps)^(-1/2) per sample and channel, (N, C, 1, 1)."""
+    return torch.rsqrt(x.square().mean(dim=(-2, -1), keepdim=True) + eps)
+
+
+def l2_instance_norm(x: Tensor, eps: float = IN_EPS, bias: Optional[Tensor] = None) -> Tensor:
     """Appendix A.4: x / sqrt(mean_HW(x^2) + eps) per sample and channel.
 
     No mean subtraction and no learnable scale, so the map is positively
     homogeneous and sign-preserving, which the AdaReLU gates rely on.
+    bias: optional per-channel (C,) bias added in the same pass (the
+    learnable bias that follows the norm in the forward pass).
     x: (N, C, H, W).
     """
-    return x * torch.rsqrt(x.pow(2).mean(dim=(-2, -1), keepdim=True) + eps)
+    return _L2InstanceNorm.apply(x, bias, eps)
 
 
 def ada_relu(f: Tensor, g: Tensor | None, eta: float) -> tuple[Tensor, Tensor]:
@@ -33,26 +71,40 @@ def ada_relu(f: Tensor, g: Tensor | None, eta: float) -> tuple[Tensor, Tensor]:
     First pass (g is None): plain ReLU. Later passes: the pre-activation is
     first moved toward the stored feedback, f' = f + eta (g - f), and the unit
     is active where f' and g have the same sign, so where g < 0 negative
-    values pass. Returns (f' * mask, mask); the mask gates the next feedback.
+    values pass.
+
+    Returns (output, gate). The gate is z = sign(g) f' (f on the first pass):
+    the unit is active exactly where z > 0, and the output is sign(g) relu(z),
+    i.e. f' where active and 0 elsewhere. Keeping z instead of a 0/1 mask
+    makes every use a single fused op (relu, and threshold_backward in the
+    feedback) with no bool tensors, which are slow to build on CPU; and the
+    sign test cannot underflow the way f' * g > 0 can.
     """
     if g is None:
-        mask = f > 0
-        return f * mask, mask
-    f = f + eta * (g - f)
-    mask = torch.sign(f) * torch.sign(g) > 0  # sign test: f * g can underflow
-    return f * mask, mask
+        return torch.relu(f), f
+    f = torch.lerp(f, g.to(f.dtype), eta)  # f + eta (g - f)
+    sign_g = torch.sign(g).to(f.dtype)  # +-1, or 0 where the feedback is exactly 0
+    z = sign_g * f
+    return sign_g * torch.relu(z), z
 
 
-def ada_relu_feedback(s: Tensor, mask: Tensor) -> Tensor:
-    """AdaReLU feedback: the top-down signal masked by the latest forward mask."""
-    return s * mask
+def gate_mask(gate: Tensor) -> Tensor:
+    """The 0/1 mask of an AdaReLU gate (1 where the unit is active), in its dtype."""
+    return (gate > 0).to(gate.dtype)
+
+
+def ada_relu_feedback(s: Tensor, gate: Tensor) -> Tensor:
+    """AdaReLU feedback: the top-down signal where the latest forward was active, else 0."""
+    # threshold_backward(s, z, 0) = s * [z > 0], one fused op, differentiable in s.
+    return torch.ops.aten.threshold_backward(s, gate.to(s.dtype), 0)
 
 
 class PoolSelection(NamedTuple):
     """Which input position each pooled unit took in the latest forward pass.
 
     index: (N, C, h, w) flat index into the (H, W) plane, as max_pool2d gives.
-    active: (N, C, h, w) bool; False where the unit output 0 (feedback exactly 0).
+    active: (N, C, h, w) 0/1 in the feature dtype; 0 where the unit output 0
+        (feedback exactly 0).
     """
 
     index: Tensor
@@ -71,9 +123,9 @@ def ada_pool(x: Tensor, g: Tensor | None, kernel: int = 2) -> tuple[Tensor, Pool
         return top, PoolSelection(top_index, None)
     neg_bottom, bottom_index = F.max_pool2d(-x, kernel, return_indices=True)
     positive, negative = g > 0, g < 0
-    out = torch.where(positive, top, torch.where(negative, -neg_bottom, torch.zeros_like(top)))
+    out = torch.where(positive, top, torch.where(negative, -neg_bottom, 0.0))
     index = torch.where(negative, bottom_index, top_index)
-    return out, PoolSelection(index, positive | negative)
+    return out, PoolSelection(index, (positive | negative).to(x.dtype))
 
 
 def ada_pool_feedback(

@@ -67,7 +67,7 @@ class InstanceNormBias(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        return CF.l2_instance_norm(x) + self.bias.view(1, -1, 1, 1)
+        return CF.l2_instance_norm(x, bias=self.bias)
 
 
 class Stage(nn.Module):
@@ -80,6 +80,10 @@ class Stage(nn.Module):
     stage, returning the signals to store for the next forward. `final` is
     True when s_below is the reconstruction at level `ind` (the end of the
     feedback chain), which gets no instance norm (cnnf-spec "Layers").
+    gate(s, record): a signal at this stage's output level masked by the
+    stage's top gate, the form in which an intermediate reconstruction is
+    compared with the stage's output features (identity when the output is
+    not gated, e.g. a residual sum).
     """
 
     def forward(self, x: Tensor, signals: Any, eta: float) -> tuple[Tensor, Any]:  # pragma: no cover
@@ -87,3 +91,6 @@ class Stage(nn.Module):
 
     def feedback(self, s: Tensor, record: Any, final: bool) -> tuple[Tensor, Any]:  # pragma: no cover
         raise NotImplementedError
+
+    def gate(self, s: Tensor, record: Any) -> Tensor:
+        return s

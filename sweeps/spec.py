@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional, get_type_hints
+from types import UnionType
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
@@ -115,6 +116,17 @@ def _parse(text: str, file: str) -> tuple[Any, _Lines]:
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
 
+def _yaml_type(tp: Any) -> Any:
+    """YAML has lists, not tuples: a `tuple[X, ...]` field is read as a strict
+    `list[X]` (the dataclass turns it back into a tuple)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return list[args[0]]  # type: ignore[valid-type]
+    if origin in (Union, UnionType):
+        return Union[tuple(_yaml_type(a) for a in args)]
+    return tp
+
+
 @lru_cache(maxsize=None)
 def _model_for(cls: type, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
     """A strict pydantic model with the fields of dataclass `cls`.
@@ -127,7 +139,7 @@ def _model_for(cls: type, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
     for f in dataclasses.fields(cls):
         if f.name in exclude:
             continue
-        tp = hints[f.name]
+        tp = _yaml_type(hints[f.name])
         if dataclasses.is_dataclass(tp):
             tp = _model_for(tp)
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING

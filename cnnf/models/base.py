@@ -24,11 +24,20 @@ class CNNFOutput(NamedTuple):
     recons: T tensors, the feedback reconstruction r_t at level `ind`.
     target: features at level `ind` of the first pass (the image for ind 0),
         the reconstruction target; not detached (cnnf-spec "Losses").
+    aux_levels: the intermediate levels above `ind` that also carry a
+        reconstruction loss (cnnf-spec: the blocks before the AdaPools of the
+        B.2 model, the outputs of the three WRN groups).
+    aux_recons: T tuples, the feedback signal at each aux level, gated by the
+        AdaReLU that produced that level's features.
+    aux_targets: the first-pass features at each aux level; not detached.
     """
 
     logits: tuple[Tensor, ...]
     recons: tuple[Tensor, ...]
     target: Tensor
+    aux_levels: tuple[int, ...] = ()
+    aux_recons: tuple[tuple[Tensor, ...], ...] = ()
+    aux_targets: tuple[Tensor, ...] = ()
 
     def prediction(self, mode: str) -> Tensor:
         if mode == "first":
@@ -46,39 +55,66 @@ class FeedbackNet(nn.Module):
     ind: the level the feedback reconstructs to (0 = image).
     step_size: eta, the online-update step of both the state at `ind` and the
         AdaReLU pre-activations.
+    recon_levels: intermediate levels, each above `ind`, whose feedback signal
+        is also compared with the first-pass features (empty: only `ind`).
     """
 
-    def __init__(self, stages: Sequence[Stage], *, ind: int, step_size: float, legal_inds: Sequence[int]):
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        *,
+        ind: int,
+        step_size: float,
+        legal_inds: Sequence[int],
+        recon_levels: Sequence[int] = (),
+    ):
         super().__init__()
         if ind not in legal_inds:
             raise ValueError(f"ind={ind} is not legal here; expected one of {sorted(legal_inds)}")
+        bad = [k for k in recon_levels if not ind < k < len(stages)]
+        if bad:
+            raise ValueError(f"recon_levels {bad} must lie above ind={ind} and below the logits (level {len(stages)})")
         self.stages = nn.ModuleList(stages)
         self.ind = ind
         self.step_size = step_size
+        self.recon_levels = tuple(sorted(set(recon_levels)))
+        # Channels-last (NHWC) conv weights and activations: oneDNN's convs and
+        # PyTorch's CPU pooling are several times faster in this layout (and
+        # GPU convs use it natively). Only strides change, never values.
+        self.to(memory_format=torch.channels_last)
 
     def iterate(self, x: Tensor, n_iterations: int) -> CNNFOutput:
         """Algorithm 1 with the online update, T = n_iterations feedback cycles."""
-        eta, ind, n_stages = self.step_size, self.ind, len(self.stages)
+        eta, ind, n_stages, aux = self.step_size, self.ind, len(self.stages), self.recon_levels
         records: list[Any] = [None] * n_stages
+        aux_targets: list[Tensor] = []
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         h = x
         for k, stage in enumerate(self.stages):  # first pass: ReLU, max-pool
             if k == ind:
                 target = h
+            elif k in aux:
+                aux_targets.append(h)
             h, records[k] = stage(h, None, eta)
-        logits, recons = [h], []
+        logits, recons, aux_recons = [h], [], []
         state = target
         for _ in range(n_iterations):
             s = logits[-1]  # feedback starts from the raw logits
             signals: list[Any] = [None] * n_stages
+            taps: list[Tensor] = []
             for k in range(n_stages - 1, ind - 1, -1):
                 s, signals[k] = self.stages[k].feedback(s, records[k], k == ind)
+                if k in aux:  # the level's features are the output of stage k - 1
+                    taps.append(self.stages[k - 1].gate(s, records[k - 1]))
             recons.append(s)
+            aux_recons.append(tuple(reversed(taps)))
             state = state + eta * (s - state)  # h_t = h_{t-1} + eta (r_t - h_{t-1})
             h = state
             for k in range(ind, n_stages):
                 h, records[k] = self.stages[k](h, signals[k], eta)
             logits.append(h)
-        return CNNFOutput(tuple(logits), tuple(recons), target)
+        return CNNFOutput(tuple(logits), tuple(recons), target, aux, tuple(aux_recons), tuple(aux_targets))
 
     def forward(self, x: Tensor, n_iterations: int = 0, prediction: str = "last") -> Tensor:
         """Logits of the chosen prediction after n_iterations feedback cycles."""
@@ -103,16 +139,37 @@ class InferenceModel(nn.Module):
         return self.net(x, self.n_iterations, self.prediction)
 
 
+def _recon_loss(out: CNNFOutput, rows: slice = slice(None), target_rows: slice = slice(None)) -> Tensor:
+    """mean over t = 1..T and the K levels of MSE(recon_{k,t}[rows], target_k[target_rows])."""
+    terms = [F.mse_loss(r[rows], out.target[target_rows]) for r in out.recons]
+    for taps in out.aux_recons:
+        terms += [F.mse_loss(r[rows], t[target_rows]) for r, t in zip(taps, out.aux_targets, strict=True)]
+    return torch.stack(terms).mean() if terms else out.logits[0].new_zeros(())
+
+
 def cnnf_loss(out: CNNFOutput, y: Tensor, clean_coef: float, recon_coef: float) -> tuple[Tensor, Tensor, Tensor]:
     """Standard-training loss (cnnf-spec "Losses" without the adversarial half).
 
-    clean_coef * mean_t CE(logits_t, y) + recon_coef * mean_t MSE(r_t, target)
-    over t = 0..T for the cross-entropy and t = 1..T for the reconstruction.
-    Returns (loss, ce, recon) with recon = 0 when T = 0.
+    clean_coef * mean_t CE(logits_t, y) + recon_coef * mean_{k,t} MSE(r_{k,t}, target_k)
+    over t = 0..T for the cross-entropy and t = 1..T, the K reconstruction
+    levels for the reconstruction. Returns (loss, ce, recon) with recon = 0
+    when T = 0.
     """
     ce = torch.stack([F.cross_entropy(z, y) for z in out.logits]).mean()
-    if out.recons:
-        recon = torch.stack([F.mse_loss(r, out.target) for r in out.recons]).mean()
-    else:
-        recon = ce.new_zeros(())
+    recon = _recon_loss(out)
     return clean_coef * ce + recon_coef * recon, ce, recon
+
+
+def adversarial_cnnf_loss(out: CNNFOutput, y: Tensor, clean_coef: float, recon_coef: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The loss of cnnf-spec "Losses" for a batch [clean; adversarial] run together.
+
+    out comes from iterate(cat(x, x_adv)) and y holds the B labels once:
+      sum_t [cc CE(logits_t(clean), y) + CE(logits_t(adv), y)] / (2 (T + 1))
+      + lam * mean_{k,t} MSE(recon_{k,t}(adv), feature_k(clean first pass)).
+    Returns (loss, ce, recon); ce is the weighted cross-entropy term.
+    """
+    b = len(y)
+    clean, adv = slice(0, b), slice(b, 2 * b)
+    ce = torch.stack([clean_coef * F.cross_entropy(z[clean], y) + F.cross_entropy(z[adv], y) for z in out.logits]).mean() / 2
+    recon = _recon_loss(out, rows=adv, target_rows=clean)
+    return ce + recon_coef * recon, ce, recon

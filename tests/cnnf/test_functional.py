@@ -15,6 +15,7 @@ from cnnf.functional import (
     ada_pool_feedback,
     ada_relu,
     ada_relu_feedback,
+    gate_mask,
     l2_instance_norm,
     tied_conv_transpose,
     tied_linear_transpose,
@@ -36,6 +37,27 @@ def test_l2_instance_norm_hand_computed() -> None:
     torch.testing.assert_close(l2_instance_norm(x), expected)
     # 1 / sqrt(7.5) written out, so the formula above is not the only oracle.
     torch.testing.assert_close(l2_instance_norm(x)[0, 0, 0, 0], t(0.36514837), rtol=1e-6, atol=0)
+
+
+def test_l2_instance_norm_gradients_match_the_plain_formula() -> None:
+    """The hand-written backward (first and second order) equals autograd of
+    x * rsqrt(mean_HW(x^2) + eps), in float64, channels-last input included."""
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+        a = inp.clone().requires_grad_(True)
+        b = inp.clone().requires_grad_(True)
+        g = torch.randn_like(x)
+        ya = l2_instance_norm(a)
+        yb = b * torch.rsqrt(b.pow(2).mean(dim=(-2, -1), keepdim=True) + 1e-8)
+        torch.testing.assert_close(ya, yb)
+        (ga,) = torch.autograd.grad(ya, a, g, create_graph=True)
+        (gb,) = torch.autograd.grad(yb, b, g, create_graph=True)
+        torch.testing.assert_close(ga, gb)
+        v = torch.randn_like(x)
+        (gga,) = torch.autograd.grad(ga, a, v)
+        (ggb,) = torch.autograd.grad(gb, b, v)
+        torch.testing.assert_close(gga, ggb)
+    assert torch.autograd.gradcheck(l2_instance_norm, (x.clone().requires_grad_(True),))
 
 
 def test_l2_instance_norm_no_mean_subtraction() -> None:
@@ -79,9 +101,10 @@ def test_l2_instance_norm_zero_plane_is_finite() -> None:
 
 def test_ada_relu_first_pass_is_relu() -> None:
     f = t([[2.0, -1.0, 0.0, 0.5]])
-    out, mask = ada_relu(f, None, eta=0.5)
+    out, gate = ada_relu(f, None, eta=0.5)
     assert torch.equal(out, t([[2.0, 0.0, 0.0, 0.5]]))
-    assert torch.equal(mask, torch.tensor([[True, False, False, True]]))
+    assert torch.equal(gate > 0, torch.tensor([[True, False, False, True]]))
+    assert torch.equal(gate_mask(gate), t([[1.0, 0.0, 0.0, 1.0]]))
 
 
 def test_ada_relu_later_pass_hand_computed() -> None:
@@ -95,8 +118,10 @@ def test_ada_relu_later_pass_hand_computed() -> None:
     """
     f = t([[2.0, -1.0, 0.5, -3.0, 5.0]])
     g = t([[1.0, -2.0, 0.0, 4.0, -1.0]])
-    out, mask = ada_relu(f, g, eta=0.5)
+    out, gate = ada_relu(f, g, eta=0.5)
+    mask = gate > 0
     assert torch.equal(mask, torch.tensor([[True, True, False, True, False]]))
+    assert torch.equal(gate, t([[1.5, 1.5, 0.0, 0.5, -2.0]]))  # sign(g) f'
     assert torch.equal(out, t([[1.5, -1.5, 0.0, 0.5, 0.0]]))
     assert out[0, 1] < 0, "where g < 0 a negative value passes"
     assert out[0, 2] == 0 and not mask[0, 2], "where g == 0 the unit is off"
@@ -114,9 +139,25 @@ def test_ada_relu_update_is_not_a_running_state() -> None:
 
 
 def test_ada_relu_feedback_masks() -> None:
-    s = t([[1.0, -2.0, 3.0, 4.0]])
-    mask = torch.tensor([[True, False, False, True]])
-    assert torch.equal(ada_relu_feedback(s, mask), t([[1.0, 0.0, 0.0, 4.0]]))
+    s = t([[1.0, -2.0, 3.0, 4.0, 5.0]])
+    gate = t([[0.5, -1.0, 0.0, 2.0, -0.0]])  # active where the gate is > 0
+    assert torch.equal(ada_relu_feedback(s, gate), t([[1.0, 0.0, 0.0, 4.0, 0.0]]))
+
+
+def test_ada_relu_feedback_is_differentiable_in_the_signal() -> None:
+    s = t([[1.0, -2.0, 3.0]]).requires_grad_(True)
+    gate = t([[1.0, -1.0, 2.0]])
+    (grad,) = torch.autograd.grad(ada_relu_feedback(s, gate).sum(), s)
+    assert torch.equal(grad, t([[1.0, 0.0, 1.0]]))
+
+
+def test_ada_relu_gradient_is_the_masked_identity() -> None:
+    """d out / d f is (1 - eta) on active units and 0 elsewhere, as for f' * mask."""
+    f = t([[2.0, -1.0, 0.5, -3.0, 5.0]]).requires_grad_(True)
+    g = t([[1.0, -2.0, 0.0, 4.0, -1.0]])
+    out, gate = ada_relu(f, g, eta=0.5)
+    (grad,) = torch.autograd.grad(out.sum(), f)
+    assert torch.equal(grad, 0.5 * gate_mask(gate))
 
 
 # ---------------------------------------------------------------- AdaPool

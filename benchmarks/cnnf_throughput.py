@@ -1,0 +1,186 @@
+"""CNN-F training and inference throughput, measured in one run (issue #3).
+
+Setting (cnnf-spec B.2, the released Fashion-MNIST model): `cnnf_fmnist_adv`,
+ind 2, 1 feedback iteration, adversarial training with PGD-7 against the
+first pass, 64 clean + 64 adversarial images per step; inference of the
+averaged logits at batch 256. The plain CNN of the same backbone
+(`cnn_fmnist_adv`) runs the same training (PGD-7, clean + adversarial) with
+0 iterations.
+
+Everything printed comes from this run: images/s, FLOPs per image counted
+with torch.utils.flop_counter (convolutions and matmuls, forward and
+backward), the achieved GFLOP/s, and this machine's fp32 and bf16 matmul
+peaks measured right before. The reference implementation's throughput is
+quoted for a quiet 2-core machine (issue #3: ~100 clean images/s training,
+~1,200 images/s inference, at a fp32 matmul peak of ~180 GFLOP/s); scaled by
+the peak measured here it gives the reference-equivalent figure, and
+`x ref` is our throughput over it. Run it alone: the machine is shared and
+any other load lowers every figure.
+
+    .venv/bin/python benchmarks/cnnf_throughput.py [--precision fp32 bf16] [--seconds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+from cnnf.config import TrainConfig
+from cnnf.models import InferenceModel, create_model
+from cnnf.runtime import tune_cpu_allocator
+from cnnf.train import TrainStep, build_optimizer, build_scheduler
+
+REFERENCE = {"train": 100.0, "infer": 1200.0, "peak": 180.0}  # issue #3, quiet machine, fp32
+TRAIN_BATCH, INFER_BATCH = 64, 256
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
+    """GFLOP/s of an n x n matmul, best of repeated timings."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(3):
+        a @ b
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+class _FlopCount(TorchDispatchMode):
+    """Sums torch's own FLOP formulas (conv, mm, addmm, bmm, ... forward and
+    backward) over every op dispatched. FlopCounterMode itself cannot be
+    used: its module tracker breaks torch.autograd.grad, which PGD calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    with _FlopCount() as counter:
+        fn()
+    return counter.total
+
+
+def time_it(fn: Callable[[], object], seconds: float, warmup: int = 2) -> float:
+    """Median seconds per call over at least `seconds` of calls (min 5)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(times) < 5:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+@dataclass
+class Row:
+    what: str
+    precision: str
+    images_per_s: float
+    gflop_per_image: float
+    gflop_per_s: float
+
+
+def make_train_step(arch: str, n_iterations: int, precision: str) -> Callable[[], object]:
+    ind = 2 if n_iterations else 0
+    tc = TrainConfig(batch_size=TRAIN_BATCH, optimizer="sgd", lr=0.05, lr_schedule="poly", grad_clip=0.5,
+                     adv_eps_linf=0.1, adv_steps=7, clean_coef=0.1, n_iterations=n_iterations,
+                     precision=precision, device="cpu")
+    torch.manual_seed(0)
+    net = create_model(arch, ind=ind)
+    optimizer = build_optimizer(net, tc)
+    step = TrainStep(net, tc, optimizer, build_scheduler(optimizer, tc, 10**6))
+    x = torch.rand(TRAIN_BATCH, 1, 28, 28) * 2 - 1
+    y = torch.randint(0, 10, (TRAIN_BATCH,))
+    g = torch.Generator().manual_seed(0)
+    return lambda: step(x, y, g)
+
+
+def make_inference(arch: str, n_iterations: int, precision: str) -> tuple[Callable[[], object], Callable[[], object]]:
+    """(timed run under inference_mode, the same under no_grad for FLOP counting:
+    a dispatch mode does not see the ops of inference-mode tensors)."""
+    torch.manual_seed(0)
+    net = create_model(arch, ind=2 if n_iterations else 0).eval()
+    model = InferenceModel(net, n_iterations, "avg" if n_iterations else "first")
+    x = torch.rand(INFER_BATCH, 1, 28, 28) * 2 - 1
+
+    def run(mode: Callable[[], object]) -> Callable[[], object]:
+        def call() -> torch.Tensor:
+            with mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                return model(x)
+        return call
+
+    return run(torch.inference_mode), run(torch.no_grad)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--seconds", type=float, default=8.0, help="timing window per measurement")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+
+    tune_cpu_allocator()  # as fit() and evaluate() do
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(f"matmul peak (2048^2): fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+    scale = peak["fp32"] / REFERENCE["peak"]
+    ref = {k: REFERENCE[k] * scale for k in ("train", "infer")}
+    print(f"reference scaled to this run's fp32 peak: train {ref['train']:.0f} img/s, infer {ref['infer']:.0f} img/s")
+
+    rows: list[Row] = []
+    for precision in args.precision:
+        for what, arch, t in (("CNN-F train", "cnnf_fmnist_adv", 1), ("CNN train", "cnn_fmnist_adv", 0)):
+            step = make_train_step(arch, t, precision)
+            step()
+            flops = count_flops(step) / TRAIN_BATCH
+            sec = time_it(step, args.seconds)
+            rows.append(Row(what, precision, TRAIN_BATCH / sec, flops / 1e9, flops * TRAIN_BATCH / sec / 1e9))
+        for what, arch, t in (("CNN-F infer", "cnnf_fmnist_adv", 1), ("CNN infer", "cnn_fmnist_adv", 0)):
+            run, run_counted = make_inference(arch, t, precision)
+            run()
+            flops = count_flops(run_counted) / INFER_BATCH
+            sec = time_it(run, args.seconds)
+            rows.append(Row(what, precision, INFER_BATCH / sec, flops / 1e9, flops * INFER_BATCH / sec / 1e9))
+
+    print(f"\n{'':12} {'prec':5} {'img/s':>8} {'GFLOP/img':>10} {'GFLOP/s':>8} {'% fp32 peak':>11} {'x ref':>6}")
+    for r in rows:
+        kind = "train" if "train" in r.what else "infer"
+        x_ref = f"{r.images_per_s / ref[kind]:.2f}" if r.what.startswith("CNN-F") else ""
+        print(f"{r.what:12} {r.precision:5} {r.images_per_s:8.0f} {r.gflop_per_image:10.3f} {r.gflop_per_s:8.0f} "
+              f"{100 * r.gflop_per_s / peak['fp32']:10.0f}% {x_ref:>6}")
+    print()
+    for precision in args.precision:
+        by = {r.what: r for r in rows if r.precision == precision}
+        for kind in ("train", "infer"):
+            f, c = by[f"CNN-F {kind}"], by[f"CNN {kind}"]
+            print(f"{precision} {kind}: CNN-F/CNN time ratio {c.images_per_s / f.images_per_s:.2f}, "
+                  f"FLOP ratio {f.gflop_per_image / c.gflop_per_image:.2f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"peak_gflops": peak, "reference_scaled": ref, "rows": [r.__dict__ for r in rows]}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
