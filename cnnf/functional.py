@@ -24,24 +24,26 @@ class _L2InstanceNorm(torch.autograd.Function):
 
     two passes over the feature map instead of the six that autograd records
     for pow / mean / add / rsqrt / mul / add (the norm runs after every conv
-    and conv^T, so this is a measurable share of a CPU training step).
+    and conv^T, so this is a measurable share of a CPU training step). The
+    (N, C) factors r are kept from the forward pass.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, bias: Optional[Tensor], eps: float) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x)
-        ctx.eps, ctx.has_bias = eps, bias is not None
         r = _inv_rms(x, eps)
+        ctx.save_for_backward(x, r)
+        ctx.eps, ctx.has_bias = eps, bias is not None
         if bias is None:
             return x * r
         return torch.addcmul(bias.view(1, -1, 1, 1).to(x.dtype), x, r)
 
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor, Optional[Tensor], None]:  # type: ignore[override]
-        # Built from differentiable ops on x (r recomputed, a cheap reduction),
-        # so second derivatives stay exact under create_graph=True.
-        (x,) = ctx.saved_tensors
-        r = _inv_rms(x, ctx.eps)  # (N, C, 1, 1)
+        x, r = ctx.saved_tensors  # r: (N, C, 1, 1)
+        if torch.is_grad_enabled():
+            # create_graph=True: r rebuilt from differentiable ops on x, so
+            # second derivatives stay exact.
+            r = _inv_rms(x, ctx.eps)
         m = (g * x).mean(dim=(-2, -1), keepdim=True)  # (N, C, 1, 1)
         grad_x = torch.addcmul(g * r, x, r.pow(3) * m, value=-1)
         grad_bias = g.sum(dim=(0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[1] else None
@@ -65,6 +67,29 @@ def l2_instance_norm(x: Tensor, eps: float = IN_EPS, bias: Optional[Tensor] = No
     return _L2InstanceNorm.apply(x, bias, eps)
 
 
+class _ChannelsLastGrad(torch.autograd.Function):
+    """Identity whose backward hands the gradient on in channels-last layout."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:  # type: ignore[override]
+        return g.contiguous(memory_format=torch.channels_last)
+
+
+def channels_last_grad(x: Tensor) -> Tensor:
+    """x, unchanged; its gradient is made channels-last (N, C, H, W tensors).
+
+    The models keep activations channels-last (oneDNN's fast layout). A few
+    backward formulas (flatten, max_unpool2d) return NCHW-contiguous
+    gradients, and every later op that mixes them with channels-last tensors
+    runs on a slow strided path; one copy at the small pooled maps is cheaper.
+    """
+    return _ChannelsLastGrad.apply(x) if x.requires_grad else x
+
+
 def ada_relu(f: Tensor, g: Tensor | None, eta: float) -> tuple[Tensor, Tensor]:
     """AdaReLU forward (Sec. 3.2, online update of Algorithm 1).
 
@@ -74,18 +99,27 @@ def ada_relu(f: Tensor, g: Tensor | None, eta: float) -> tuple[Tensor, Tensor]:
     values pass.
 
     Returns (output, gate). The gate is z = sign(g) f' (f on the first pass):
-    the unit is active exactly where z > 0, and the output is sign(g) relu(z),
-    i.e. f' where active and 0 elsewhere. Keeping z instead of a 0/1 mask
-    makes every use a single fused op (relu, and threshold_backward in the
-    feedback) with no bool tensors, which are slow to build on CPU; and the
-    sign test cannot underflow the way f' * g > 0 can.
+    the unit is active exactly where z > 0, and the output is f' where active
+    and 0 elsewhere. Keeping z instead of a 0/1 mask makes every use a single
+    fused op (relu, and threshold_backward) with no bool tensors, which are
+    slow to build on CPU; and the sign test cannot underflow the way
+    f' * g > 0 can. The gate carries no gradient: it is piecewise constant
+    in f and g, so its derivative is 0 almost everywhere, and leaving it out
+    of the graph spares the backward pass a zero tensor and an addition for
+    every gate (the gradient still reaches g through f').
     """
     if g is None:
-        return torch.relu(f), f
+        return torch.relu(f), f.detach()
     f = torch.lerp(f, g.to(f.dtype), eta)  # f + eta (g - f)
-    sign_g = torch.sign(g).to(f.dtype)  # +-1, or 0 where the feedback is exactly 0
-    z = sign_g * f
-    return sign_g * torch.relu(z), z
+    with torch.no_grad():
+        z = torch.sign(g).to(f.dtype) * f  # sign(g) is +-1, or 0 where the feedback is exactly 0
+    return _where_active(f, z), z
+
+
+def _where_active(v: Tensor, gate: Tensor) -> Tensor:
+    """v where gate > 0, else 0: threshold_backward(v, gate, 0) is one fused op,
+    differentiable in v (its derivative is the same op on the incoming gradient)."""
+    return torch.ops.aten.threshold_backward(v, gate.to(v.dtype), 0)
 
 
 def gate_mask(gate: Tensor) -> Tensor:
@@ -95,8 +129,7 @@ def gate_mask(gate: Tensor) -> Tensor:
 
 def ada_relu_feedback(s: Tensor, gate: Tensor) -> Tensor:
     """AdaReLU feedback: the top-down signal where the latest forward was active, else 0."""
-    # threshold_backward(s, z, 0) = s * [z > 0], one fused op, differentiable in s.
-    return torch.ops.aten.threshold_backward(s, gate.to(s.dtype), 0)
+    return _where_active(s, gate.detach())
 
 
 class PoolSelection(NamedTuple):
@@ -111,6 +144,33 @@ class PoolSelection(NamedTuple):
     active: Tensor | None
 
 
+class _AdaPool(torch.autograd.Function):
+    """The later-pass AdaPool with its selection computed once: out = x at the
+    selected positions (the max where g > 0, the min where g < 0), 0 where
+    g == 0. Its gradient goes to the selected positions only, one scatter,
+    instead of the backward of two max-pools, a negation and two selects."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, g: Tensor, kernel: int) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        top, top_index = F.max_pool2d(x, kernel, return_indices=True)
+        neg_bottom, bottom_index = F.max_pool2d(-x, kernel, return_indices=True)
+        positive, negative = g > 0, g < 0
+        out = torch.where(positive, top, torch.where(negative, -neg_bottom, 0.0))
+        index = torch.where(negative, bottom_index, top_index)
+        active = (positive | negative).to(x.dtype)
+        ctx.save_for_backward(x, index, active)
+        ctx.kernel = kernel
+        ctx.mark_non_differentiable(index, active)
+        return out, index, active
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _index: None, _active: None) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        x, index, active = ctx.saved_tensors
+        k = ctx.kernel
+        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(grad * active, x, [k, k], [k, k], [0, 0], [1, 1], False, index)
+        return grad_x, None, None  # the selection is piecewise constant in g: no gradient
+
+
 def ada_pool(x: Tensor, g: Tensor | None, kernel: int = 2) -> tuple[Tensor, PoolSelection]:
     """AdaPool forward (Sec. 3.2).
 
@@ -118,14 +178,11 @@ def ada_pool(x: Tensor, g: Tensor | None, kernel: int = 2) -> tuple[Tensor, Pool
     pooled output is > 0, min-pool where < 0, and 0 where g == 0.
     x: (N, C, H, W); g: (N, C, H / kernel, W / kernel).
     """
-    top, top_index = F.max_pool2d(x, kernel, return_indices=True)
     if g is None:
+        top, top_index = F.max_pool2d(x, kernel, return_indices=True)
         return top, PoolSelection(top_index, None)
-    neg_bottom, bottom_index = F.max_pool2d(-x, kernel, return_indices=True)
-    positive, negative = g > 0, g < 0
-    out = torch.where(positive, top, torch.where(negative, -neg_bottom, 0.0))
-    index = torch.where(negative, bottom_index, top_index)
-    return out, PoolSelection(index, (positive | negative).to(x.dtype))
+    out, index, active = _AdaPool.apply(x, g.detach(), kernel)
+    return out, PoolSelection(index, active)
 
 
 def ada_pool_feedback(
@@ -138,7 +195,7 @@ def ada_pool_feedback(
     """
     if selection.active is not None:
         s = s * selection.active
-    return F.max_unpool2d(s, selection.index, kernel, output_size=output_size)
+    return F.max_unpool2d(channels_last_grad(s), selection.index, kernel, output_size=output_size)
 
 
 def tied_conv_transpose(

@@ -139,11 +139,48 @@ class InferenceModel(nn.Module):
         return self.net(x, self.n_iterations, self.prediction)
 
 
+class _MSE(torch.autograd.Function):
+    """mean((a[rows_a] - b[rows_b])^2), the value of F.mse_loss on the two
+    row slices, with gradients in the memory layout of a and b.
+
+    F.mse_loss, the mean of a square and slicing all hand back NCHW-contiguous
+    gradients for channels-last inputs, and every op that later mixes them
+    with channels-last tensors (the gradient sums, the gates, the
+    convolutions) then runs on a slow strided path.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, rows_a: slice, rows_b: slice) -> Tensor:  # type: ignore[override]
+        diff = a[rows_a] - b[rows_b]
+        ctx.save_for_backward(diff)
+        ctx.rows, ctx.shapes = (rows_a, rows_b), (a.shape, b.shape)
+        return diff.square().mean()
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
+        (diff,) = ctx.saved_tensors
+        grad = diff * (g * (2.0 / diff.numel()))  # a 0-dim factor keeps diff's layout
+        grads: list[Tensor | None] = []
+        for k, sign in enumerate((1.0, -1.0)):
+            if not ctx.needs_input_grad[k]:
+                grads.append(None)
+                continue
+            part = grad if sign > 0 else -grad
+            if part.shape == ctx.shapes[k]:
+                grads.append(part)
+            else:  # the rows outside the slice get zeros, in the same layout
+                layout = torch.channels_last if part.dim() == 4 else torch.contiguous_format
+                full = torch.empty(ctx.shapes[k], dtype=part.dtype, device=part.device, memory_format=layout).zero_()
+                full[ctx.rows[k]] = part
+                grads.append(full)
+        return grads[0], grads[1], None, None
+
+
 def _recon_loss(out: CNNFOutput, rows: slice = slice(None), target_rows: slice = slice(None)) -> Tensor:
     """mean over t = 1..T and the K levels of MSE(recon_{k,t}[rows], target_k[target_rows])."""
-    terms = [F.mse_loss(r[rows], out.target[target_rows]) for r in out.recons]
+    terms = [_MSE.apply(r, out.target, rows, target_rows) for r in out.recons]
     for taps in out.aux_recons:
-        terms += [F.mse_loss(r[rows], t[target_rows]) for r, t in zip(taps, out.aux_targets, strict=True)]
+        terms += [_MSE.apply(r, t, rows, target_rows) for r, t in zip(taps, out.aux_targets, strict=True)]
     return torch.stack(terms).mean() if terms else out.logits[0].new_zeros(())
 
 

@@ -116,7 +116,7 @@ class PoolFCStage(Stage):
     def forward(self, x: Tensor, signals: tuple[Tensor, Tensor] | None, eta: float) -> tuple[Tensor, PoolFCRecord]:
         g_pool, g_relu = signals if signals is not None else (None, None)
         p, selection = CF.ada_pool(x, g_pool)  # (N, C, H/2, W/2)
-        z, gate = CF.ada_relu(self.fc(p.flatten(1)), g_relu, eta)
+        z, gate = CF.ada_relu(self.fc(CF.channels_last_grad(p).flatten(1)), g_relu, eta)
         return z, PoolFCRecord(selection, gate, (x.shape[-2], x.shape[-1]))
 
     def feedback(self, s: Tensor, record: PoolFCRecord, final: bool) -> tuple[Tensor, tuple[Tensor, Tensor]]:

@@ -15,6 +15,7 @@ from cnnf.functional import (
     ada_pool_feedback,
     ada_relu,
     ada_relu_feedback,
+    channels_last_grad,
     gate_mask,
     l2_instance_norm,
     tied_conv_transpose,
@@ -152,12 +153,17 @@ def test_ada_relu_feedback_is_differentiable_in_the_signal() -> None:
 
 
 def test_ada_relu_gradient_is_the_masked_identity() -> None:
-    """d out / d f is (1 - eta) on active units and 0 elsewhere, as for f' * mask."""
+    """d out / d f is (1 - eta) on active units and 0 elsewhere, as for f' * mask;
+    d out / d g is eta there (through f'), the gate itself carries no gradient."""
     f = t([[2.0, -1.0, 0.5, -3.0, 5.0]]).requires_grad_(True)
-    g = t([[1.0, -2.0, 0.0, 4.0, -1.0]])
+    g = t([[1.0, -2.0, 0.0, 4.0, -1.0]]).requires_grad_(True)
     out, gate = ada_relu(f, g, eta=0.5)
-    (grad,) = torch.autograd.grad(out.sum(), f)
-    assert torch.equal(grad, 0.5 * gate_mask(gate))
+    grad_f, grad_g = torch.autograd.grad(out.sum(), (f, g))
+    assert torch.equal(grad_f, 0.5 * gate_mask(gate))
+    assert torch.equal(grad_g, 0.5 * gate_mask(gate))
+    assert not gate.requires_grad
+    _, first_gate = ada_relu(f, None, eta=0.5)
+    assert not first_gate.requires_grad
 
 
 # ---------------------------------------------------------------- AdaPool
@@ -250,6 +256,39 @@ def test_ada_pool_feedback_is_transpose_of_selection() -> None:
     lhs = (ada_pool_feedback(s, sel, (6, 6)) * v).sum()
     rhs = (s * v.flatten(2).gather(2, sel.index.flatten(2)).view_as(s) * sel.active).sum()
     torch.testing.assert_close(lhs, rhs)
+
+
+def test_ada_pool_later_pass_gradient_matches_the_autograd_formula() -> None:
+    """The hand-written scatter backward equals autograd of where(g > 0, max,
+    where(g < 0, min, 0)) in float64, channels-last input included; the
+    selection gives g no gradient."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    g = torch.randn(2, 3, 3, 3, dtype=torch.float64)
+    g[0, 0, 0, 0] = g[1, 2, 1, 1] = 0.0
+    up = torch.randn(2, 3, 3, 3, dtype=torch.float64)
+    for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+        a = inp.clone().requires_grad_(True)
+        b = inp.clone().requires_grad_(True)
+        gg = g.clone().requires_grad_(True)
+        out, _ = ada_pool(a, gg)
+        ref = torch.where(g > 0, F.max_pool2d(b, 2), torch.where(g < 0, -F.max_pool2d(-b, 2), 0.0))
+        torch.testing.assert_close(out, ref)
+        (ga,) = torch.autograd.grad(out, a, up)
+        (gb,) = torch.autograd.grad(ref, b, up)
+        torch.testing.assert_close(ga, gb)
+        assert out.grad_fn is not None and torch.autograd.grad(out.sum(), gg, allow_unused=True)[0] is None
+
+
+def test_channels_last_grad_is_identity_with_a_channels_last_gradient() -> None:
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    y = channels_last_grad(x)
+    assert torch.equal(y, x)
+    up = torch.randn(2, 3, 4, 4)  # NCHW-contiguous incoming gradient
+    (grad,) = torch.autograd.grad(y, x, up)
+    assert torch.equal(grad, up) and grad.is_contiguous(memory_format=torch.channels_last) and not grad.is_contiguous()
+    plain = torch.randn(2, 3, 4, 4)
+    assert channels_last_grad(plain) is plain  # nothing to do without a graph
 
 
 def test_pool_selection_is_a_namedtuple() -> None:

@@ -20,6 +20,7 @@ from cnnf.config import ConfigError, ModelConfig
 from cnnf.layers import Stage
 from cnnf.models import (
     PREDICTIONS,
+    CNNFOutput,
     FeedbackNet,
     InferenceModel,
     adversarial_cnnf_loss,
@@ -569,6 +570,34 @@ def test_adversarial_cnnf_loss_hand_formula(name: str, n_iterations: int) -> Non
     torch.testing.assert_close(ce, ce_ref, **tol)
     torch.testing.assert_close(recon, recon_ref, **tol)
     torch.testing.assert_close(loss, ce_ref + lam * recon_ref, **tol)
+
+
+def test_reconstruction_loss_gradients_match_mse_and_keep_channels_last() -> None:
+    """The reconstruction terms have F.mse_loss's value and gradients (adversarial
+    rows of the recons against clean rows of the targets), and hand back
+    channels-last gradients for channels-last maps, rows outside the slices 0."""
+    torch.manual_seed(0)
+    cl = torch.channels_last
+
+    def leaf(*shape: int) -> Tensor:
+        return torch.randn(*shape, dtype=torch.float64).contiguous(memory_format=cl).requires_grad_(True)
+
+    recons, target = [leaf(4, 3, 5, 5), leaf(4, 3, 5, 5)], leaf(4, 3, 5, 5)
+    aux_recon, aux_target = leaf(4, 2, 3, 3), leaf(4, 2, 3, 3)
+    logits = tuple(torch.zeros(4, 10, dtype=torch.float64) for _ in range(3))
+    out = CNNFOutput(logits, tuple(recons), target, (4,), ((aux_recon,), (aux_recon,)), (aux_target,))
+    y = torch.tensor([1, 2])
+    _, _, recon = adversarial_cnnf_loss(out, y, 0.1, 1.0)
+    adv, clean = slice(2, 4), slice(0, 2)
+    terms = [F.mse_loss(r[adv], target[clean]) for r in recons] + [F.mse_loss(aux_recon[adv], aux_target[clean])] * 2
+    expected = torch.stack(terms).mean()
+    torch.testing.assert_close(recon, expected)
+    leaves = [*recons, target, aux_recon, aux_target]
+    got, want = torch.autograd.grad(recon, leaves), torch.autograd.grad(expected, leaves)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+        assert a.is_contiguous(memory_format=cl) and not a.is_contiguous()
+    assert torch.count_nonzero(got[0][clean]) == 0 and torch.count_nonzero(got[2][adv]) == 0
 
 
 def test_adversarial_loss_gradient_flows_through_unrolled_iterations_and_targets() -> None:
