@@ -44,15 +44,22 @@ class _L2InstanceNorm(torch.autograd.Function):
             # create_graph=True: r rebuilt from differentiable ops on x, so
             # second derivatives stay exact.
             r = _inv_rms(x, ctx.eps)
-        m = (g * x).mean(dim=(-2, -1), keepdim=True)  # (N, C, 1, 1)
+        m = _mean_hw(g * x)  # (N, C, 1, 1)
         grad_x = torch.addcmul(g * r, x, r.pow(3) * m, value=-1)
         grad_bias = g.sum(dim=(0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[1] else None
         return grad_x, grad_bias, None
 
 
+def _mean_hw(x: Tensor) -> Tensor:
+    """mean over H and W, (N, C, H, W) -> (N, C, 1, 1). Written as a sum and a
+    division of the small result: torch's CPU mean of bfloat16 channels-last
+    maps runs at half the speed of its sum."""
+    return x.sum(dim=(-2, -1), keepdim=True) / (x.shape[-2] * x.shape[-1])
+
+
 def _inv_rms(x: Tensor, eps: float) -> Tensor:
     """(mean_HW(x^2) + eps)^(-1/2) per sample and channel, (N, C, 1, 1)."""
-    return torch.rsqrt(x.square().mean(dim=(-2, -1), keepdim=True) + eps)
+    return torch.rsqrt(_mean_hw(x.square()) + eps)
 
 
 def l2_instance_norm(x: Tensor, eps: float = IN_EPS, bias: Optional[Tensor] = None) -> Tensor:
@@ -152,16 +159,18 @@ class _AdaPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, g: Tensor, kernel: int) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
-        top, top_index = F.max_pool2d(x, kernel, return_indices=True)
-        neg_bottom, bottom_index = F.max_pool2d(-x, kernel, return_indices=True)
-        positive, negative = g > 0, g < 0
-        out = torch.where(positive, top, torch.where(negative, -neg_bottom, 0.0))
-        index = torch.where(negative, bottom_index, top_index)
-        active = (positive | negative).to(x.dtype)
+        # One max-pool of x signed by its window's feedback: sign +1 gives the
+        # max, -1 the max of -x (the min, with max_pool2d's own tie-breaking,
+        # negated back), 0 a window of zeros whose output is 0. Three times
+        # faster on the CPU than a max-pool, a min-pool and selects on bools.
+        sign = torch.sign(g).to(x.dtype)  # (N, C, h, w)
+        window_sign = F.interpolate(sign, scale_factor=kernel, mode="nearest").to(x.dtype)  # (N, C, H, W)
+        signed, index = F.max_pool2d(x * window_sign, kernel, return_indices=True)
+        active = sign.abs()
         ctx.save_for_backward(x, index, active)
         ctx.kernel = kernel
         ctx.mark_non_differentiable(index, active)
-        return out, index, active
+        return signed * sign, index, active
 
     @staticmethod
     def backward(ctx, grad: Tensor, _index: None, _active: None) -> tuple[Tensor, None, None]:  # type: ignore[override]
@@ -195,7 +204,10 @@ def ada_pool_feedback(
     """
     if selection.active is not None:
         s = s * selection.active
-    return F.max_unpool2d(channels_last_grad(s), selection.index, kernel, output_size=output_size)
+    # Autocast runs max_unpool2d in float32 on the CPU; with bf16 activations
+    # that would turn the whole feedback path below it into float32.
+    with torch.autocast(s.device.type, enabled=False):
+        return F.max_unpool2d(channels_last_grad(s), selection.index, kernel, output_size=output_size)
 
 
 def tied_conv_transpose(
