@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnf.config import DataConfig, EvalConfig, ExperimentConfig, TrainConfig
+from cnnf.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, TrainConfig
 from cnnf.data import DataSplits, load_splits
-from cnnf.train import EpochResult, FitResult, TrainState, fit, load_train_state, save_train_state
+from cnnf.models import create_model
+from cnnf.train import (
+    EpochResult, FitResult, TrainState, TrainStep, build_optimizer, build_scheduler, fit, load_train_state, save_train_state,
+)
 
 # 300 training images (30 per class), 200 validation images: ~1.5 s per epoch on 2 cores.
 SMALL_DATA = DataConfig(n_train=300, val_fraction=0.05)
@@ -129,3 +132,45 @@ def test_training_on_the_sample_reaches_validation_accuracy(sample_splits: DataS
     result = fit(cfg, sample_splits)
     assert result.history[-1].val_acc >= 0.75
     assert result.history[-1].train_loss < result.history[0].train_loss
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("arch", "ind", "n_iterations"), [
+    ("cnnf_fmnist_std", 0, 1), ("cnn_fmnist_std", 0, 0), ("cnnf_fmnist_adv", 2, 1), ("cnn_fmnist_adv", 0, 0),
+])
+def test_every_fashion_model_learns_on_the_sample(sample_splits: DataSplits, arch: str, ind: int, n_iterations: int) -> None:
+    """2 epochs of standard training (Adam 1e-3) on 1,200 sample images, seed 0.
+
+    Measured on 2 busy CPU cores (10-30 s each), validation accuracy after
+    epoch 2 for seeds 0 / 1 / 2: cnnf_fmnist_std 0.735 / 0.79 / 0.77,
+    cnn_fmnist_std 0.755 / 0.825 / 0.785, cnnf_fmnist_adv 0.67 / 0.75 / 0.76,
+    cnn_fmnist_adv 0.72 / 0.78 / 0.79; the training loss roughly halves or
+    better. Threshold: 0.6 (chance is 0.1).
+    """
+    splits = dataclasses.replace(sample_splits, train=sample_splits.train.head(1200))
+    cfg = ExperimentConfig(
+        model=ModelConfig(arch=arch, ind=ind),
+        train=TrainConfig(epochs=2, batch_size=64, n_iterations=n_iterations, device="cpu", seed=0),
+        eval=EvalConfig(prediction="avg"),
+    )
+    history = fit(cfg, splits).history
+    assert history[-1].val_acc >= 0.6
+    assert history[-1].train_loss < 0.7 * history[0].train_loss
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("arch", "ind", "n_iterations"), [("cnnf_wrn40_2", 5, 1), ("cnn_wrn40_2", 0, 0)])
+def test_wrn_training_steps_lower_the_loss(arch: str, ind: int, n_iterations: int) -> None:
+    """CIFAR-10 is not available offline, so the WRN-40-2 models fit a fixed
+    batch of 4 seeded 32x32 images for 10 Adam steps (lr 3e-3) through the
+    same TrainStep that `fit` runs. Measured: cross-entropy 2.49 -> 1.44
+    (CNN-F, ind 5, T 1) and 2.34 -> 1.42 (plain CNN)."""
+    torch.manual_seed(0)
+    net = create_model(arch, ind=ind).train()
+    tc = TrainConfig(batch_size=4, n_iterations=n_iterations, lr=3e-3, device="cpu")
+    optimizer = build_optimizer(net, tc)
+    step = TrainStep(net, tc, optimizer, build_scheduler(optimizer, tc, 10))
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(4, 3, 32, 32, generator=gen) * 2 - 1, torch.arange(4)
+    ce = [step(x, y, gen)[1].item() / 4 for _ in range(10)]
+    assert ce[-1] < 0.75 * ce[0], ce
