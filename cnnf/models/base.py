@@ -160,20 +160,24 @@ class _MSE(torch.autograd.Function):
     def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
         (diff,) = ctx.saved_tensors
         grad = diff * (g * (2.0 / diff.numel()))  # a 0-dim factor keeps diff's layout
-        grads: list[Tensor | None] = []
-        for k, sign in enumerate((1.0, -1.0)):
-            if not ctx.needs_input_grad[k]:
-                grads.append(None)
-                continue
-            part = grad if sign > 0 else -grad
-            if part.shape == ctx.shapes[k]:
-                grads.append(part)
-            else:  # the rows outside the slice get zeros, in the same layout
-                layout = torch.channels_last if part.dim() == 4 else torch.contiguous_format
-                full = torch.empty(ctx.shapes[k], dtype=part.dtype, device=part.device, memory_format=layout).zero_()
-                full[ctx.rows[k]] = part
-                grads.append(full)
-        return grads[0], grads[1], None, None
+        need_a, need_b = ctx.needs_input_grad[:2]
+        return (
+            _into_rows(grad, ctx.shapes[0], ctx.rows[0]) if need_a else None,
+            _into_rows(-grad, ctx.shapes[1], ctx.rows[1]) if need_b else None,
+            None,
+            None,
+        )
+
+
+def _into_rows(part: Tensor, shape: torch.Size, rows: slice) -> Tensor:
+    """part as the gradient of a tensor of `shape` sliced at `rows`: the rows
+    outside the slice get zeros, in part's layout (channels-last for maps)."""
+    if part.shape == shape:
+        return part
+    layout = torch.channels_last if part.dim() == 4 else torch.contiguous_format
+    full = torch.empty(shape, dtype=part.dtype, device=part.device, memory_format=layout).zero_()
+    full[rows] = part
+    return full
 
 
 def _recon_loss(out: CNNFOutput, rows: slice = slice(None), target_rows: slice = slice(None)) -> Tensor:
