@@ -18,7 +18,12 @@ the reference-equivalent figure, and `x ref` is our throughput over it
 (`x quoted`: over the quoted figures, unscaled). Run it alone: the machine is shared and
 any other load lowers every figure.
 
-    .venv/bin/python benchmarks/cnnf_throughput.py [--precision fp32 bf16] [--seconds 8]
+With `--device cuda` the same rows run on the GPU (timings synchronised,
+matmul peaks measured on the GPU); the quoted reference is a CPU figure, so
+the `x ref` columns are left empty there. `--train-batch` / `--infer-batch`
+change the batch sizes (a GPU is launch-bound at batch 64).
+
+    .venv/bin/python benchmarks/cnnf_throughput.py [--precision fp32 bf16] [--seconds 8] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -43,15 +48,23 @@ REFERENCE = {"train": 100.0, "infer": 1200.0, "peak": 180.0}  # issue #3, quiet 
 TRAIN_BATCH, INFER_BATCH = 64, 256
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
-    """GFLOP/s of an n x n matmul, best of repeated timings."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 2.0) -> float:
+    """GFLOP/s of an n x n matmul (n = 2048 on the CPU, 8192 on a GPU), best of repeated timings."""
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
     for _ in range(3):
         a @ b
+    sync(device)
     best, t_end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < t_end:
         t0 = time.perf_counter()
         a @ b
+        sync(device)
         best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
     return best
 
@@ -80,15 +93,17 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.total
 
 
-def time_it(fn: Callable[[], object], seconds: float, warmup: int = 2) -> float:
-    """Median seconds per call over at least `seconds` of calls (min 5)."""
+def time_it(fn: Callable[[], object], seconds: float, device: torch.device, warmup: int = 2) -> float:
+    """Median seconds per call over at least `seconds` of calls (min 5), each call synchronised."""
     for _ in range(warmup):
         fn()
+    sync(device)
     times: list[float] = []
     t_end = time.perf_counter() + seconds
     while time.perf_counter() < t_end or len(times) < 5:
         t0 = time.perf_counter()
         fn()
+        sync(device)
         times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2]
@@ -103,32 +118,34 @@ class Row:
     gflop_per_s: float
 
 
-def make_train_step(arch: str, n_iterations: int, precision: str) -> Callable[[], object]:
+def make_train_step(arch: str, n_iterations: int, precision: str, device: torch.device,
+                    batch: int) -> Callable[[], object]:
     ind = 2 if n_iterations else 0
-    tc = TrainConfig(batch_size=TRAIN_BATCH, optimizer="sgd", lr=0.05, lr_schedule="poly", grad_clip=0.5,
+    tc = TrainConfig(batch_size=batch, optimizer="sgd", lr=0.05, lr_schedule="poly", grad_clip=0.5,
                      adv_eps_linf=0.1, adv_steps=7, clean_coef=0.1, n_iterations=n_iterations,
-                     precision=precision, device="cpu")
+                     precision=precision, device=device.type)
     torch.manual_seed(0)
-    net = create_model(arch, ind=ind)
+    net = create_model(arch, ind=ind).to(device)
     optimizer = build_optimizer(net, tc)
     step = TrainStep(net, tc, optimizer, build_scheduler(optimizer, tc, 10**6))
-    x = torch.rand(TRAIN_BATCH, 1, 28, 28) * 2 - 1
-    y = torch.randint(0, 10, (TRAIN_BATCH,))
-    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(batch, 1, 28, 28) * 2 - 1).to(device)
+    y = torch.randint(0, 10, (batch,)).to(device)
+    g = torch.Generator(device=device).manual_seed(0)
     return lambda: step(x, y, g)
 
 
-def make_inference(arch: str, n_iterations: int, precision: str) -> tuple[Callable[[], object], Callable[[], object]]:
+def make_inference(arch: str, n_iterations: int, precision: str, device: torch.device,
+                   batch: int) -> tuple[Callable[[], object], Callable[[], object]]:
     """(timed run under inference_mode, the same under no_grad for FLOP counting:
     a dispatch mode does not see the ops of inference-mode tensors)."""
     torch.manual_seed(0)
-    net = create_model(arch, ind=2 if n_iterations else 0).eval()
+    net = create_model(arch, ind=2 if n_iterations else 0).to(device).eval()
     model = InferenceModel(net, n_iterations, "avg" if n_iterations else "first")
-    x = torch.rand(INFER_BATCH, 1, 28, 28) * 2 - 1
+    x = (torch.rand(batch, 1, 28, 28) * 2 - 1).to(device)
 
     def run(mode: Callable[[], object]) -> Callable[[], object]:
         def call() -> torch.Tensor:
-            with mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 return model(x)
         return call
 
@@ -140,41 +157,55 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--seconds", type=float, default=8.0, help="timing window per measurement")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--train-batch", type=int, default=TRAIN_BATCH, help="clean images per training step")
+    parser.add_argument("--infer-batch", type=int, default=INFER_BATCH)
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible")
+    on_cpu = device.type == "cpu"
+    train_batch, infer_batch = args.train_batch, args.infer_batch
 
-    tune_cpu_allocator()  # as fit() and evaluate() do
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-    before = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    if on_cpu:
+        tune_cpu_allocator()  # as fit() and evaluate() do
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    else:
+        print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}")
+    print(f"batches: train {train_batch} clean + {train_batch} adversarial, inference {infer_batch}")
+    before = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
 
     rows: list[Row] = []
     for precision in args.precision:
         for what, arch, t in (("CNN-F train", "cnnf_fmnist_adv", 1), ("CNN train", "cnn_fmnist_adv", 0)):
-            step = make_train_step(arch, t, precision)
+            step = make_train_step(arch, t, precision, device, train_batch)
             step()
-            flops = count_flops(step) / TRAIN_BATCH
-            sec = time_it(step, args.seconds)
-            rows.append(Row(what, precision, TRAIN_BATCH / sec, flops / 1e9, flops * TRAIN_BATCH / sec / 1e9))
+            flops = count_flops(step) / train_batch
+            sec = time_it(step, args.seconds, device)
+            rows.append(Row(what, precision, train_batch / sec, flops / 1e9, flops * train_batch / sec / 1e9))
         for what, arch, t in (("CNN-F infer", "cnnf_fmnist_adv", 1), ("CNN infer", "cnn_fmnist_adv", 0)):
-            run, run_counted = make_inference(arch, t, precision)
+            run, run_counted = make_inference(arch, t, precision, device, infer_batch)
             run()
-            flops = count_flops(run_counted) / INFER_BATCH
-            sec = time_it(run, args.seconds)
-            rows.append(Row(what, precision, INFER_BATCH / sec, flops / 1e9, flops * INFER_BATCH / sec / 1e9))
+            flops = count_flops(run_counted) / infer_batch
+            sec = time_it(run, args.seconds, device)
+            rows.append(Row(what, precision, infer_batch / sec, flops / 1e9, flops * infer_batch / sec / 1e9))
 
     # The peaks are measured before and after the rows and the higher one is
     # used: a peak taken during a burst of outside load would inflate `x ref`.
-    after = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    after = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
     peak = {k: max(before[k], after[k]) for k in before}
-    print(f"matmul peak (2048^2, before / after the rows): fp32 {before['fp32']:.0f} / {after['fp32']:.0f} GFLOP/s, "
+    n = 8192 if device.type == "cuda" else 2048
+    print(f"matmul peak ({n}^2 on {device.type}, before / after the rows): fp32 {before['fp32']:.0f} / {after['fp32']:.0f} GFLOP/s, "
           f"bf16 {before['bf16']:.0f} / {after['bf16']:.0f} GFLOP/s")
     ref = {k: REFERENCE[k] * peak["fp32"] / REFERENCE["peak"] for k in ("train", "infer")}
-    print(f"reference scaled to this run's fp32 peak ({peak['fp32']:.0f}): train {ref['train']:.0f} img/s, infer {ref['infer']:.0f} img/s; "
-          f"as quoted (at {REFERENCE['peak']:.0f}): train {REFERENCE['train']:.0f}, infer {REFERENCE['infer']:.0f}")
+    if on_cpu:
+        print(f"reference scaled to this run's fp32 peak ({peak['fp32']:.0f}): train {ref['train']:.0f} img/s, infer {ref['infer']:.0f} img/s; "
+              f"as quoted (at {REFERENCE['peak']:.0f}): train {REFERENCE['train']:.0f}, infer {REFERENCE['infer']:.0f}")
 
     print(f"\n{'':12} {'prec':5} {'img/s':>8} {'GFLOP/img':>10} {'GFLOP/s':>8} {'% fp32 peak':>11} {'x ref':>6} {'x quoted':>8}")
     for r in rows:
         kind = "train" if "train" in r.what else "infer"
-        cnnf = r.what.startswith("CNN-F")
+        cnnf = r.what.startswith("CNN-F") and on_cpu  # the quoted reference is a CPU figure
         x_ref = f"{r.images_per_s / ref[kind]:.2f}" if cnnf else ""
         x_quoted = f"{r.images_per_s / REFERENCE[kind]:.2f}" if cnnf else ""
         print(f"{r.what:12} {r.precision:5} {r.images_per_s:8.0f} {r.gflop_per_image:10.3f} {r.gflop_per_s:8.0f} "
@@ -188,8 +219,9 @@ def main() -> None:
                   f"FLOP ratio {f.gflop_per_image / c.gflop_per_image:.2f}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"peak_gflops": peak, "peak_gflops_before": before, "peak_gflops_after": after,
-                       "reference_scaled": ref, "rows": [r.__dict__ for r in rows]}, fh, indent=2)
+            json.dump({"device": str(device), "train_batch": train_batch, "infer_batch": infer_batch,
+                       "peak_gflops": peak, "peak_gflops_before": before, "peak_gflops_after": after,
+                       "reference_scaled": ref if on_cpu else None, "rows": [r.__dict__ for r in rows]}, fh, indent=2)
 
 
 if __name__ == "__main__":
