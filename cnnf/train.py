@@ -157,7 +157,7 @@ class TrainStep:
         self.attack = None
         if tc.adv_eps_linf > 0:
             step = tc.adv_step_linf if tc.adv_step_linf is not None else ADV_STEP_RATIO * tc.adv_eps_linf
-            self.attack = LinfPGDAttack(tc.adv_eps_linf, tc.adv_steps, step, random_start=True)
+            self.attack = LinfPGDAttack(tc.adv_eps_linf, tc.adv_steps, step, random_start=True, track_success=False)
         self.first_pass = InferenceModel(model, 0, "first")
 
     def autocast(self) -> torch.autocast:

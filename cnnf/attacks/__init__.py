@@ -1,7 +1,34 @@
-"""Adversarial attacks. Importing this package registers every attack."""
+"""Adversarial attacks, one registered attack per module; importing this
+package registers every attack. Budgets are in [0, 1] pixel units, models
+take inputs in cnnf.data.INPUT_RANGE; see `cnnf.attacks.base`."""
 
-from cnnf.attacks import pgd  # noqa: F401  (registers attacks)
 from cnnf.attacks.base import ATTACKS, Attack, Predict, attack_names, create_attack
+from cnnf.attacks.bim import BIMAttack
+from cnnf.attacks.cw import CWL2Attack
+from cnnf.attacks.deepfool import DeepFoolAttack
+from cnnf.attacks.fgsm import FGSMAttack
+from cnnf.attacks.mim import MIMAttack
+from cnnf.attacks.noise import GaussianNoiseAttack, UniformNoiseAttack
 from cnnf.attacks.pgd import LinfPGDAttack
+from cnnf.attacks.pgd_l2 import L2PGDAttack
+from cnnf.attacks.spsa import SPSAAttack
+from cnnf.attacks.transfer import TransferAttack
 
-__all__ = ["ATTACKS", "Attack", "LinfPGDAttack", "Predict", "attack_names", "create_attack"]
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "BIMAttack",
+    "CWL2Attack",
+    "DeepFoolAttack",
+    "FGSMAttack",
+    "GaussianNoiseAttack",
+    "L2PGDAttack",
+    "LinfPGDAttack",
+    "MIMAttack",
+    "Predict",
+    "SPSAAttack",
+    "TransferAttack",
+    "UniformNoiseAttack",
+    "attack_names",
+    "create_attack",
+]

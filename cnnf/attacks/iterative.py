@@ -1,0 +1,92 @@
+"""The loop shared by the gradient-ascent attacks (FGSM, PGD Linf/L2, BIM, MIM).
+
+x_{t+1} = project(x_t + alpha * direction(memory_t)), where memory_t
+accumulates the gradients of the summed cross-entropy w.r.t. x_t (summed,
+so one example's step does not depend on the batch size). Subclasses choose
+the start, the direction and the accumulation; the budget's norm chooses the
+projection (`Attack.project`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cnnf.attacks.base import Attack, FirstSuccess, Predict
+from cnnf.data import to_input_units
+
+
+class GradientAttack(Attack):
+    """`steps` projected gradient-ascent steps of size step_pixels, optional
+    random start, `restarts` runs, first-success tracking.
+
+    With track_success (default) each example gets the first iterate
+    predict misclassifies, over all restarts (an example counts as broken
+    if any restart breaks it; later restarts only attack the examples still
+    unbroken); without it, with one restart, the final iterate. Every
+    restart draws a fresh random start from the generator.
+    """
+
+    def __init__(self, eps_pixels: float, steps: int, step_pixels: float, random_start: bool, seed: int = 0,
+                 restarts: int = 1, track_success: bool = True):
+        super().__init__(eps_pixels, seed)
+        if steps < 0 or restarts < 1:
+            raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
+        self.steps = steps
+        self.step_pixels = step_pixels
+        self.alpha = to_input_units(step_pixels)
+        self.random_start = random_start
+        self.stochastic = random_start
+        self.restarts = restarts
+        self.track_success = track_success
+
+    def random_point(self, x: Tensor, generator: torch.Generator) -> Tensor:  # pragma: no cover
+        """A random start inside the budget around x (only with random_start)."""
+        raise NotImplementedError
+
+    def accumulate(self, grad: Tensor, memory: Tensor | None) -> Tensor:
+        """What the step direction is computed from; plain gradient by default."""
+        return grad
+
+    def direction(self, memory: Tensor) -> Tensor:
+        """Steepest ascent direction of unit norm from the accumulated gradient;
+        the sign for Linf attacks."""
+        return memory.sign()
+
+    def perturb(self, predict: Predict, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Adversarial x for labels y. Pass one `generator` for all batches of an
+        evaluation so each batch gets fresh random starts."""
+        x = x.detach()
+        generator = self.generator_for(x, generator)
+        if self.restarts == 1 and not self.track_success:
+            return self._run(predict, x, y, generator, None, None)
+        best = FirstSuccess(x, y)
+        for _ in range(self.restarts):
+            rows = best.open_rows()
+            if len(rows) == 0:
+                break
+            final = self._run(predict, x[rows], y[rows], generator, best if self.track_success else None, rows)
+            with torch.no_grad():
+                best.update(final, predict(final), rows)
+        return best.x_adv
+
+    @torch.enable_grad()
+    def _run(self, predict: Predict, x: Tensor, y: Tensor, generator: torch.Generator,
+             best: FirstSuccess | None, rows: Tensor | None) -> Tensor:
+        """One restart on the examples `rows`; returns its final iterate. With
+        `best`, every iterate before the last is offered to it, and the run
+        stops early once all its examples are fooled."""
+        x_adv = self.project(self.random_point(x, generator), x) if self.random_start else x.clone()
+        memory: Tensor | None = None
+        for _ in range(self.steps):
+            x_adv.requires_grad_(True)
+            logits = predict(x_adv)
+            if best is not None and rows is not None:
+                best.update(x_adv, logits, rows)
+                if best.all_fooled(rows):
+                    break
+            (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x_adv)
+            memory = self.accumulate(grad, memory)
+            x_adv = self.project(x_adv.detach() + self.alpha * self.direction(memory), x)
+        return x_adv.detach()
