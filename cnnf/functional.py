@@ -8,13 +8,60 @@ to ../shared/docs/cnnf-spec.md.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 IN_EPS = 1e-8
+
+# Straight-through (BPDA) gradients of the feedback gates, for attacks only:
+# set through `straight_through_gates()`, a scope like torch.no_grad(), so the
+# model code passes no extra argument and training never sees it.
+_STRAIGHT_THROUGH: ContextVar[bool] = ContextVar("cnnf_straight_through_gates", default=False)
+
+
+@contextmanager
+def straight_through_gates(enabled: bool = True) -> Iterator[None]:
+    """Within this scope, the feedback-dependent gates keep their exact forward
+    values but take the gradient of a smooth stand-in (BPDA, Athalye et al.
+    2018): the later-pass AdaReLU and the AdaReLU masks of the feedback pass
+    pass the gradient everywhere (identity), the later-pass AdaPool and the
+    unpooling of the feedback spread it evenly over each window (average
+    pooling and its adjoint). The first forward pass, a plain CNN, keeps its
+    exact ReLU and max-pool gradients. Exact gradients of these gates are 0
+    almost everywhere through the selections, which can mask an end-to-end
+    attack; comparing both exposes it.
+    """
+    token = _STRAIGHT_THROUGH.set(enabled)
+    try:
+        yield
+    finally:
+        _STRAIGHT_THROUGH.reset(token)
+
+
+def straight_through_enabled() -> bool:
+    return _STRAIGHT_THROUGH.get()
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Returns `exact` bit for bit; its gradient goes to `surrogate` unchanged."""
+
+    @staticmethod
+    def forward(ctx, exact: Tensor, surrogate: Tensor) -> Tensor:  # type: ignore[override]
+        return exact.view_as(exact)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[None, Tensor]:  # type: ignore[override]
+        return None, g
+
+
+def _straight_through(exact: Tensor, surrogate: Tensor) -> Tensor:
+    """exact's value with surrogate's gradient (a + (b - a).detach() would round)."""
+    return _StraightThrough.apply(exact.detach(), surrogate)
 
 
 class _L2InstanceNorm(torch.autograd.Function):
@@ -120,7 +167,10 @@ def ada_relu(f: Tensor, g: Tensor | None, eta: float) -> tuple[Tensor, Tensor]:
     f = torch.lerp(f, g.to(f.dtype), eta)  # f + eta (g - f)
     with torch.no_grad():
         z = torch.sign(g).to(f.dtype) * f  # sign(g) is +-1, or 0 where the feedback is exactly 0
-    return _where_active(f, z), z
+    out = _where_active(f, z)
+    if _STRAIGHT_THROUGH.get() and f.requires_grad:
+        out = _straight_through(out, f)
+    return out, z
 
 
 def _where_active(v: Tensor, gate: Tensor) -> Tensor:
@@ -136,7 +186,10 @@ def gate_mask(gate: Tensor) -> Tensor:
 
 def ada_relu_feedback(s: Tensor, gate: Tensor) -> Tensor:
     """AdaReLU feedback: the top-down signal where the latest forward was active, else 0."""
-    return _where_active(s, gate.detach())
+    out = _where_active(s, gate.detach())
+    if _STRAIGHT_THROUGH.get() and s.requires_grad:
+        out = _straight_through(out, s)
+    return out
 
 
 class PoolSelection(NamedTuple):
@@ -191,6 +244,8 @@ def ada_pool(x: Tensor, g: Tensor | None, kernel: int = 2) -> tuple[Tensor, Pool
         top, top_index = F.max_pool2d(x, kernel, return_indices=True)
         return top, PoolSelection(top_index, None)
     out, index, active = _AdaPool.apply(x, g.detach(), kernel)
+    if _STRAIGHT_THROUGH.get() and x.requires_grad:
+        out = _straight_through(out, F.avg_pool2d(x, kernel) * active)
     return out, PoolSelection(index, active)
 
 
@@ -207,7 +262,12 @@ def ada_pool_feedback(
     # Autocast runs max_unpool2d in float32 on the CPU; with bf16 activations
     # that would turn the whole feedback path below it into float32.
     with torch.autocast(s.device.type, enabled=False):
-        return F.max_unpool2d(channels_last_grad(s), selection.index, kernel, output_size=output_size)
+        out = F.max_unpool2d(channels_last_grad(s), selection.index, kernel, output_size=output_size)
+    if _STRAIGHT_THROUGH.get() and s.requires_grad:
+        spread = F.interpolate(s, scale_factor=kernel, mode="nearest") / kernel**2  # adjoint of average pooling
+        spread = F.pad(spread, (0, output_size[1] - spread.shape[-1], 0, output_size[0] - spread.shape[-2]))
+        out = _straight_through(out, spread.to(out.dtype))
+    return out
 
 
 def tied_conv_transpose(

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cnnf.functional import straight_through_gates
 from cnnf.layers import Stage
 
 PREDICTIONS = ("first", "last", "avg")
@@ -121,22 +122,31 @@ class FeedbackNet(nn.Module):
         return self.iterate(x, n_iterations).prediction(prediction)
 
 
+GATES = ("exact", "bpda")
+
+
 class InferenceModel(nn.Module):
     """A FeedbackNet with its inference settings fixed: images in, logits out.
 
-    Used as an attack target and as the model logged for users.
+    Used as an attack target and as the model logged for users. gates="bpda"
+    gives the feedback gates straight-through gradients (see
+    `cnnf.functional.straight_through_gates`); the logits are unchanged.
     """
 
-    def __init__(self, net: FeedbackNet, n_iterations: int, prediction: str):
+    def __init__(self, net: FeedbackNet, n_iterations: int, prediction: str, gates: str = "exact"):
         super().__init__()
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        if gates not in GATES:
+            raise ValueError(f"gates must be one of {GATES}, got {gates!r}")
         self.net = net
         self.n_iterations = 0 if prediction == "first" else n_iterations
         self.prediction = prediction
+        self.gates = gates
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x, self.n_iterations, self.prediction)
+        with straight_through_gates(self.gates == "bpda"):
+            return self.net(x, self.n_iterations, self.prediction)
 
 
 class _MSE(torch.autograd.Function):

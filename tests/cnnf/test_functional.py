@@ -18,6 +18,8 @@ from cnnf.functional import (
     channels_last_grad,
     gate_mask,
     l2_instance_norm,
+    straight_through_enabled,
+    straight_through_gates,
     tied_conv_transpose,
     tied_linear_transpose,
 )
@@ -334,3 +336,80 @@ def test_tied_linear_transpose_is_linear_vjp() -> None:
     s = torch.randn(3, 5, dtype=torch.float64)
     (grad,) = torch.autograd.grad(F.linear(x, w, b), x, grad_outputs=s)
     torch.testing.assert_close(tied_linear_transpose(s, w), grad)
+
+
+# --- straight-through (BPDA) gates --------------------------------------------
+
+
+def _grads(fn, *inputs: Tensor, straight: bool) -> tuple[Tensor, list[Tensor]]:
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    with straight_through_gates(straight):
+        out = fn(*leaves)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    return out.detach(), list(torch.autograd.grad((out * weight).sum(), leaves, allow_unused=True))
+
+
+def test_straight_through_keeps_values_and_is_scoped() -> None:
+    f, g = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    exact, _ = _grads(lambda a: ada_relu(a, g, 0.5)[0], f, straight=False)
+    st, _ = _grads(lambda a: ada_relu(a, g, 0.5)[0], f, straight=True)
+    assert torch.equal(exact, st), "the forward values are bit-identical"
+    assert not straight_through_enabled()
+    with straight_through_gates():
+        assert straight_through_enabled()
+        with straight_through_gates(False):
+            assert not straight_through_enabled()
+        assert straight_through_enabled()
+    assert not straight_through_enabled()
+
+
+def test_straight_through_ada_relu_is_identity_backward() -> None:
+    """Later-pass AdaReLU: d out / d f' = 1 everywhere, so d out / d f = 1 - eta
+    and d out / d g = eta (the lerp), where the exact gradient is masked."""
+    f, g, eta = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), 0.3
+    _, (gf, gg) = _grads(lambda a, b: ada_relu(a, b, eta)[0], f, g, straight=True)
+    w = torch.randn(f.shape, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(gf, (1 - eta) * w)
+    torch.testing.assert_close(gg, eta * w)
+    _, (ef, _) = _grads(lambda a, b: ada_relu(a, b, eta)[0], f, g, straight=False)
+    assert (ef == 0).any() and not (gf == 0).any()
+    # the first pass stays a plain ReLU: its gradient is masked in both modes
+    _, (first,) = _grads(lambda a: ada_relu(a, None, eta)[0], f, straight=True)
+    torch.testing.assert_close(first, w * (f > 0))
+
+
+def test_straight_through_feedback_mask_passes_everything() -> None:
+    s, gate = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    _, (gs,) = _grads(lambda a: ada_relu_feedback(a, gate), s, straight=True)
+    torch.testing.assert_close(gs, torch.randn(s.shape, generator=torch.Generator().manual_seed(1)))
+
+
+def test_straight_through_ada_pool_spreads_over_the_window() -> None:
+    """Later-pass AdaPool backward = average pooling's (grad / 4 on every cell
+    of an active window, 0 where g == 0); unpooling backward = its adjoint."""
+    x = torch.randn(2, 3, 4, 4)
+    g = torch.randn(2, 3, 2, 2)
+    g[0, 0, 0, 0] = 0.0
+    _, (gx,) = _grads(lambda a: ada_pool(a, g)[0], x, straight=True)
+    w = torch.randn(2, 3, 2, 2, generator=torch.Generator().manual_seed(1))
+    expected = F.interpolate(w * (g != 0), scale_factor=2, mode="nearest") / 4
+    torch.testing.assert_close(gx, expected)
+    selection = ada_pool(x, g)[1]
+    s = torch.randn(2, 3, 2, 2)
+    _, (gs,) = _grads(lambda a: ada_pool_feedback(a, selection, (4, 4)), s, straight=True)
+    w4 = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(gs, F.avg_pool2d(w4, 2) * (g != 0))  # a unit whose output was 0 stays 0
+
+
+def test_bpda_inference_model_same_logits_other_gradient() -> None:
+    from cnnf.models import InferenceModel, create_model
+
+    torch.manual_seed(0)
+    net = create_model("cnnf_fmnist_adv", ind=0).eval()
+    x = torch.rand(3, 1, 28, 28) * 2 - 1
+    exact, (g_exact,) = _grads(InferenceModel(net, 2, "avg"), x, straight=False)
+    bpda, (g_bpda,) = _grads(InferenceModel(net, 2, "avg", gates="bpda"), x, straight=False)
+    assert torch.equal(exact, bpda)
+    assert not torch.allclose(g_exact, g_bpda)
+    with pytest.raises(ValueError, match="gates must be one of"):
+        InferenceModel(net, 2, "avg", gates="soft")
