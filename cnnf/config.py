@@ -128,7 +128,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Clean accuracy and Linf PGD against the first pass and end to end."""
+    """Clean accuracy, Linf PGD against the first pass and end to end, FGSM,
+    an optional accuracy-vs-eps curve and the integrity checks
+    (`cnnf.evaluate.suite_from_config`)."""
 
     n_iterations: Optional[int] = None  # feedback iterations at test time; None: train.n_iterations
     prediction: Literal["first", "last", "avg"] = "avg"
@@ -139,8 +141,14 @@ class EvalConfig:
     n_examples: Optional[int] = None  # evaluate the first n of each split; None: all
     batch_size: int = 256
     seed: int = 0
+    eps_grid: tuple[float, ...] = ()  # [0, 1] pixel units: budgets of the end-to-end PGD accuracy-vs-eps curve
+    checks: bool = True  # the integrity checks of robustness-eval.md, with probe attacks on check_examples images
+    check_examples: int = 100
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "eps_grid", tuple(float(e) for e in self.eps_grid))
+        require(all(0.0 <= e <= 1.0 for e in self.eps_grid), "eps_grid", f"budgets must be in [0, 1] pixel units, got {list(self.eps_grid)}")
+        require(self.check_examples >= 1, "check_examples", f"must be positive, got {self.check_examples}")
         require(self.n_iterations is None or self.n_iterations >= 0, "n_iterations", f"must be >= 0, got {self.n_iterations}")
         require(0.0 <= self.eps_linf <= 1.0, "eps_linf", f"must be in [0, 1] pixel units, got {self.eps_linf}")
         require(self.pgd_steps >= 1, "pgd_steps", f"must be >= 1, got {self.pgd_steps}")

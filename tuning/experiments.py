@@ -15,6 +15,10 @@ from typing import Any, Callable
 
 from cnnf.registry import Registry
 
+# A trainable may write files (evaluation tables, plots) into this folder of
+# its final checkpoint; the tracker logs them as the trial run's artifacts.
+REPORT_DIR = "report"
+
 
 @dataclass(frozen=True)
 class ExperimentKind:

@@ -20,7 +20,7 @@ from typing import Any, Optional
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from tuning.experiments import ExperimentKind
+from tuning.experiments import REPORT_DIR, ExperimentKind
 from tuning.space import Choice, IntRange, LogUniform, ParamSpec, apply_params
 
 TRIAL_ID_TAG = "ray.trial_id"
@@ -124,6 +124,9 @@ class MlflowTrialCallback(Callback):
         if trial.checkpoint is not None:
             with trial.checkpoint.as_directory() as d:
                 model, example = self.kind.load_model(Path(d), config)
+                report = Path(d) / REPORT_DIR  # evaluation tables and plots written by the trainable
+                if report.is_dir() and any(report.iterdir()):
+                    self.tracker.client.log_artifacts(run_id, str(report), REPORT_DIR)
             log_torch_model(run_id, model, example)
         self._finish(trial, "FINISHED")
 

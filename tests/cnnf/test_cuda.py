@@ -9,7 +9,7 @@ import torch
 
 from cnnf.config import DataConfig, EvalConfig, ExperimentConfig, TrainConfig
 from cnnf.data import load_splits
-from cnnf.evaluate import evaluate
+from cnnf.evaluate import evaluate, suite_from_config
 from cnnf.train import fit
 from tests.cnnf.conftest import images, make_net
 
@@ -44,8 +44,9 @@ def test_fit_and_evaluate_on_cuda() -> None:
     splits = load_splits(cfg.data)
     result = fit(cfg, splits)
     assert result.device.type == "cuda" and next(result.model.parameters()).is_cuda
-    report = evaluate(result.model, splits.val, cfg.eval, cfg.eval_iterations)
-    assert 0.0 <= report.pgd_first_acc <= report.clean_acc <= 1.0
+    report = evaluate(result.model, splits.val, suite_from_config(cfg.eval, cfg.eval_iterations))
+    assert 0.0 <= report.acc("pgd_first") <= report.clean_acc <= 1.0
+    assert len(report.checks) == 8
 
 
 def _adv_cfg(precision: str, epochs: int = 2):

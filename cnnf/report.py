@@ -1,0 +1,129 @@
+"""What an evaluation returns: frozen dataclasses, values only.
+
+Accuracies are fractions in [0, 1]; budgets (`eps`) are in [0, 1] pixel
+units, whatever range the model takes its inputs in. `acc` is the mean over
+the evaluation's seeds and `std` their standard deviation (0 with one seed).
+An example counts as robust to an attack only if the scored prediction is
+right both on the clean image and on the attacked one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Literal, Optional, Sequence
+
+CheckStatus = Literal["pass", "flag", "skipped"]
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """One attack of the suite at its nominal budget."""
+
+    label: str  # column name, e.g. "pgd_linf/first", "spsa/e2e", "pgd_linf/e2e_bpda"
+    attack: str  # registry name
+    target: str  # what the attack differentiates / queries: "first", "last" or "avg"
+    gates: str  # "exact" or "bpda" (straight-through feedback gates)
+    eps: Optional[float]  # budget in [0, 1] pixel units; None: unbounded (CW, DeepFool)
+    norm: str  # "linf", "l2" or "none"
+    acc: float
+    std: float
+    per_seed: tuple[float, ...]
+    seconds: float  # summed over seeds
+    images_per_s: float
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Accuracy of one attack over a grid of budgets (the first point may be 0: clean)."""
+
+    label: str
+    attack: str
+    target: str
+    norm: str
+    eps: tuple[float, ...]
+    acc: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One integrity check of robustness-eval.md ("flag, don't hide").
+
+    status: "pass", "flag" (the numbers say the evaluation may be unreliable:
+    read `detail`), or "skipped" (what it needs was not evaluated; `detail`
+    says what). numbers: the figures the verdict rests on.
+    """
+
+    id: int
+    name: str
+    status: CheckStatus
+    detail: str
+    numbers: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def flagged(self) -> bool:
+        return self.status == "flag"
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    split: str
+    n_examples: int
+    n_classes: int
+    n_iterations: int  # feedback iterations of the scored model
+    prediction: str  # the scored prediction: "first", "last" or "avg"
+    seeds: tuple[int, ...]
+    clean_acc: float
+    clean_std: float
+    attacks: tuple[AttackResult, ...]
+    min_acc: float  # mean over examples of the worst case over `attacks`
+    min_std: float
+    curves: tuple[Curve, ...]
+    checks: tuple[Check, ...]
+    seconds: float
+
+    def result(self, label: str) -> AttackResult:
+        for r in self.attacks:
+            if r.label == label:
+                return r
+        raise KeyError(f"no attack labelled {label!r} in this report; have: {', '.join(r.label for r in self.attacks)}")
+
+    def acc(self, label: str) -> float:
+        return self.result(label).acc
+
+    @property
+    def flagged(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if c.flagged)
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        """Flat metric names for trackers: clean_acc, <label>_acc with '/' -> '_',
+        min_acc, checks_flagged (count) and check_<id>_ok (1 pass, 0 flag; skipped left out)."""
+        out = {f"{prefix}clean_acc": self.clean_acc, f"{prefix}min_acc": self.min_acc}
+        for r in self.attacks:
+            out[f"{prefix}{metric_name(r.label)}_acc"] = r.acc
+        out[f"{prefix}checks_flagged"] = float(len(self.flagged))
+        for c in self.checks:
+            if c.status != "skipped":
+                out[f"{prefix}check_{c.id}_ok"] = 0.0 if c.flagged else 1.0
+        return out
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def metric_name(label: str) -> str:
+    """'pgd_linf/e2e_bpda' -> 'pgd_linf_e2e_bpda' (tracker-safe)."""
+    return label.replace("/", "_")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
