@@ -90,3 +90,14 @@ class GradientAttack(Attack):
             memory = self.accumulate(grad, memory)
             x_adv = self.project(x_adv.detach() + self.alpha * self.direction(memory), x)
         return x_adv.detach()
+
+
+class PGDBase(GradientAttack):
+    """PGD (Madry et al. 2018): random start, `steps` projected steps of
+    step_pixels (default 2.5 * eps / steps), optional restarts. The norm's
+    subclass picks the random start and the step direction."""
+
+    def __init__(self, eps_pixels: float, steps: int = 40, step_pixels: float | None = None, random_start: bool = True,
+                 seed: int = 0, restarts: int = 1, track_success: bool = True):
+        step = step_pixels if step_pixels is not None else 2.5 * eps_pixels / max(steps, 1)
+        super().__init__(eps_pixels, steps, step, random_start, seed, restarts, track_success)

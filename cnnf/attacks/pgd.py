@@ -6,11 +6,11 @@ import torch
 from torch import Tensor
 
 from cnnf.attacks.base import ATTACKS
-from cnnf.attacks.iterative import GradientAttack
+from cnnf.attacks.iterative import PGDBase
 
 
 @ATTACKS.register("pgd_linf")
-class LinfPGDAttack(GradientAttack):
+class LinfPGDAttack(PGDBase):
     """`steps` signed-gradient ascent steps on the cross-entropy, projected
     onto the Linf ball and the input range, from a uniform random start in
     the ball.
@@ -19,11 +19,6 @@ class LinfPGDAttack(GradientAttack):
     2.5 * eps / steps. restarts, track_success: see `GradientAttack`; Madry
     training uses track_success=False (the final iterate, as in the paper).
     """
-
-    def __init__(self, eps_pixels: float, steps: int = 40, step_pixels: float | None = None, random_start: bool = True,
-                 seed: int = 0, restarts: int = 1, track_success: bool = True):
-        step = step_pixels if step_pixels is not None else 2.5 * eps_pixels / max(steps, 1)
-        super().__init__(eps_pixels, steps, step, random_start, seed, restarts, track_success)
 
     def random_point(self, x: Tensor, generator: torch.Generator) -> Tensor:
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)

@@ -6,11 +6,11 @@ import torch
 from torch import Tensor
 
 from cnnf.attacks.base import ATTACKS, l2_norm, per_example
-from cnnf.attacks.iterative import GradientAttack
+from cnnf.attacks.iterative import PGDBase
 
 
 @ATTACKS.register("pgd_l2")
-class L2PGDAttack(GradientAttack):
+class L2PGDAttack(PGDBase):
     """`steps` ascent steps along the per-example L2-normalised gradient of
     the cross-entropy, projected onto the L2 ball (per example) and the
     input range, from a random start uniform in the ball.
@@ -20,11 +20,6 @@ class L2PGDAttack(GradientAttack):
     """
 
     norm = "l2"
-
-    def __init__(self, eps_pixels: float, steps: int = 40, step_pixels: float | None = None, random_start: bool = True,
-                 seed: int = 0, restarts: int = 1, track_success: bool = True):
-        step = step_pixels if step_pixels is not None else 2.5 * eps_pixels / max(steps, 1)
-        super().__init__(eps_pixels, steps, step, random_start, seed, restarts, track_success)
 
     def random_point(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Uniform in the L2 ball: a Gaussian direction, radius eps * U^(1/d)."""
