@@ -8,11 +8,12 @@ from cnnf.attacks.cw import CWL2Attack
 from cnnf.attacks.deepfool import DeepFoolAttack
 from cnnf.attacks.fgsm import FGSMAttack
 from cnnf.attacks.mim import MIMAttack
-from cnnf.attacks.noise import GaussianNoiseAttack, UniformNoiseAttack
+from cnnf.attacks.gaussian_noise import GaussianNoiseAttack
 from cnnf.attacks.pgd import LinfPGDAttack
 from cnnf.attacks.pgd_l2 import L2PGDAttack
 from cnnf.attacks.spsa import SPSAAttack
 from cnnf.attacks.transfer import TransferAttack
+from cnnf.attacks.uniform_noise import UniformNoiseAttack
 
 __all__ = [
     "ATTACKS",

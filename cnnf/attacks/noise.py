@@ -1,11 +1,12 @@
-"""Random-noise baselines: uniform (Linf) and Gaussian noise, many draws per image."""
+"""The random-noise baselines' shared loop (many draws per image); the
+registered attacks are in uniform_noise.py and gaussian_noise.py."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from cnnf.attacks.base import ATTACKS, Attack, FirstSuccess, Predict
+from cnnf.attacks.base import Attack, FirstSuccess, Predict
 
 
 class NoiseAttack(Attack):
@@ -46,22 +47,3 @@ class NoiseAttack(Attack):
             for candidate, draw_logits in zip(candidates, logits):
                 best.update(candidate, draw_logits, rows)
         return best.x_adv
-
-
-@ATTACKS.register("uniform_noise")
-class UniformNoiseAttack(NoiseAttack):
-    """Noise uniform in [-eps, eps] per pixel. eps_pixels: Linf budget in [0, 1] pixel units."""
-
-    def sample(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        return (2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1) * self.eps
-
-
-@ATTACKS.register("gaussian_noise")
-class GaussianNoiseAttack(NoiseAttack):
-    """Gaussian noise; eps_pixels is its standard deviation in [0, 1] pixel
-    units and bounds nothing (norm "none")."""
-
-    norm = "none"
-
-    def sample(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * self.eps
