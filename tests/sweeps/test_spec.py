@@ -63,6 +63,8 @@ BAD = [
     ("    epochs: 2", "    epochs: 0", "base.train.epochs", "must be >= 1", "epochs: 0"),
     ("    pgd_steps: 2", "    pgd_steps: 2\n    prediction: mean", "base.eval.prediction", "'first', 'last' or 'avg'", "prediction: mean"),
     ("    pgd_steps: 2", "    pgd_steps: 2\n    eps_linf: 8", "base.eval.eps_linf", "[0, 1] pixel units", "eps_linf: 8"),
+    ("    pgd_steps: 2", "    pgd_steps: 2\n    eps_grid: [0.05, 2.0]", "base.eval.eps_grid", "[0, 1] pixel units", "eps_grid: [0.05, 2.0]"),
+    ("    pgd_steps: 2", "    pgd_steps: 2\n    check_examples: 0", "base.eval.check_examples", "must be positive", "check_examples: 0"),
     ("    dataset: fashion-mnist-sample", "    dataset: fmnist", "base.data.dataset", "fashion-mnist-sample", "dataset: fmnist"),
     ("  train:\n", "  model:\n    ind: 7\n  train:\n", "base.model.ind", "expected one of [0, 1, 2]", "ind: 7"),
     ("experiment: cnnf", "experiment: cnnn", "experiment", "expected one of: cnnf", "experiment: cnnn"),
