@@ -70,9 +70,10 @@ class AttackSpec:
             raise ValueError(f"attack: unknown attack {self.attack!r}; expected one of: {', '.join(names)}")
         if self.eps is None and self.attack not in UNBOUNDED:
             raise ValueError(f"{self.attack}: eps is required (a budget in [0, 1] pixel units)")
+        linf = _attack_class_norm(self.attack, dict(self.params)) == "linf"
         for e in (self.eps, *self.eps_grid):
-            if e is not None and not 0.0 <= e <= 1.0:
-                raise ValueError(f"{self.attack}: eps {e} must be in [0, 1] pixel units")
+            if e is not None and not (0.0 <= e <= 1.0 if linf else e >= 0.0):
+                raise ValueError(f"{self.attack}: eps {e} must be " + ("in [0, 1] pixel units" if linf else ">= 0 (pixel units)"))
         if self.target is not None and self.target not in PREDICTIONS:
             raise ValueError(f"{self.attack}: target must be one of {PREDICTIONS} or None (the scored prediction), got {self.target!r}")
         if self.gates not in GATES:

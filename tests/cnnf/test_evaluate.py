@@ -162,6 +162,7 @@ def test_suite_from_config_keeps_the_sweep_metric_names() -> None:
     (lambda: AttackSpec.of("nope", 0.1), "unknown attack 'nope'"),
     (lambda: AttackSpec.of("pgd_linf", 2.0), r"eps 2.0 must be in \[0, 1\] pixel units"),
     (lambda: AttackSpec.of("pgd_linf"), "eps is required"),
+    (lambda: AttackSpec.of("pgd_l2", -0.5), r"eps -0.5 must be >= 0"),
     (lambda: AttackSpec.of("pgd_linf", 0.1, target="middle"), "target must be one of"),
     (lambda: AttackSpec.of("pgd_linf", 0.1, gates="soft"), "gates must be one of"),
     (lambda: Suite((AttackSpec.of("fgsm", 0.1), AttackSpec.of("fgsm", 0.2))), "duplicate labels"),
@@ -170,3 +171,9 @@ def test_suite_from_config_keeps_the_sweep_metric_names() -> None:
 def test_bad_suites_are_rejected_with_the_field(make, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_l2_budgets_may_exceed_one_pixel() -> None:
+    """An L2 budget sums over all pixels: 1.5 is a normal MNIST-scale value."""
+    assert AttackSpec.of("pgd_l2", 1.5).eps == 1.5
+    assert AttackSpec.of("cw_l2", 2.0).eps == 2.0

@@ -1,0 +1,141 @@
+"""The evaluation of issue #4 end to end at small scale: the CNN-F paper's
+Table 2 format and the feedback-learning paper's Table III format, an
+accuracy-vs-eps plot and the integrity checks, from models trained here.
+
+Trains, on the first `--n-train` Fashion-MNIST training images (standard
+training, B.1), a plain CNN (`cnn_fmnist_std`) and a CNN-F
+(`cnnf_fmnist_std`, ind 0, 1 iteration), then evaluates on the first
+`--n-eval` test images:
+- CNN-F table: Clean, PGD first / e2e, SPSA first / e2e (the reference's
+  SPSA: 7 Adam steps, 128 antithetic samples), transfer from the plain CNN,
+  Min, for the CNN and the CNN-F's `last` and `avg` predictions; PGD end to
+  end also with straight-through (BPDA) gates; every attack at Linf 0.1.
+- FL Table III: FGSM, CW-L2, PGD, BIM, MIM, DeepFool, uniform and Gaussian
+  noise on both models (the FL models themselves come with issue #5).
+- accuracy vs eps of the end-to-end PGD, and the integrity checks of every
+  evaluation.
+Writes Markdown, a PNG and the raw reports (JSON) to `--out`; the evaluation
+state goes to `--out`/state/ (delete it to start over), so an interrupted run
+resumes. Budgets are in [0, 1] pixel units (Linf; L2 for CW and DeepFool).
+About 40 minutes on the 2-core machine with `--n-eval 100 --seeds 0`.
+
+    CNNF_DATA_ROOT=../shared/datasets .venv/bin/python benchmarks/robustness_tables.py [--out docs/robustness]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from cnnf.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+from cnnf.data import load_splits
+from cnnf.evaluate import AttackSpec, EvalProgress, cnnf_paper_suite, evaluate, fl_paper_suite
+from cnnf.models import InferenceModel
+from cnnf.plots import accuracy_vs_eps
+from cnnf.report import EvalReport
+from cnnf.tables import checks_table, cnnf_table, fl_table
+from cnnf.train import fit
+
+EPS = 0.1
+GRID = (0.0, 0.025, 0.05, 0.1, 0.15, 0.2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n-train", type=int, default=6000)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--n-eval", type=int, default=200)
+    parser.add_argument("--pgd-steps", type=int, default=20)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="attack seeds (mean ± std)")
+    parser.add_argument("--out", default="docs/robustness")
+    args = parser.parse_args()
+    out = Path(args.out)
+    (out / "state").mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+
+    dataset = "fashion-mnist"
+    try:
+        splits = load_splits(DataConfig(dataset=dataset, n_train=args.n_train))
+    except (FileNotFoundError, RuntimeError):
+        dataset = "fashion-mnist-sample"
+        splits = load_splits(DataConfig(dataset=dataset, n_train=args.n_train))
+    print(f"data: {dataset}, {len(splits.train)} training images, evaluating the first {args.n_eval} test images")
+
+    models = {}
+    for arch, t in (("cnn_fmnist_std", 0), ("cnnf_fmnist_std", 1)):
+        cfg = ExperimentConfig(data=DataConfig(dataset=dataset, n_train=args.n_train), model=ModelConfig(arch=arch, ind=0),
+                               train=TrainConfig(epochs=args.epochs, batch_size=64, n_iterations=t, device="cpu", seed=0))
+        t0 = time.perf_counter()
+        models[arch] = fit(cfg, splits).model.eval()
+        print(f"trained {arch} ({args.epochs} epochs) in {time.perf_counter() - t0:.0f} s")
+    cnn, cnnf = models["cnn_fmnist_std"], models["cnnf_fmnist_std"]
+
+    def run(name: str, model, suite, **kw) -> EvalReport:
+        t0 = time.perf_counter()
+        last = [""]
+
+        def progress(p: EvalProgress) -> None:
+            if p.label != last[0]:
+                print(f"  {name}: {p.label} ({p.done}/{p.total} batches)", flush=True)
+                last[0] = p.label
+
+        # Resumable: a rerun retrains the same weights (seeded) and continues from here.
+        state = out / "state" / (name.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "") + ".pt")
+        r = evaluate(model, splits.test, suite, split="test", progress=progress, state_path=state, **kw)
+        print(f"{name}: {time.perf_counter() - t0:.0f} s, {len(r.flagged)} flagged checks")
+        return r
+
+    common = dict(n_examples=args.n_eval, seeds=tuple(args.seeds), batch_size=100)
+    paper = dict(pgd_steps=args.pgd_steps, **common)
+
+    def with_curve(suite):
+        """The same suite with the end-to-end PGD also swept over GRID."""
+        attacks = tuple(dataclasses.replace(a, eps_grid=GRID) if a.attack == "pgd_linf" and a.target is None and a.gates == "exact"
+                        else a for a in suite.attacks)
+        return dataclasses.replace(suite, attacks=attacks)
+
+    reports = {
+        "CNN": run("CNN", cnn, with_curve(cnnf_paper_suite(EPS, n_iterations=0, prediction="first", transfer=False, bpda=False, **paper))),
+        "CNN-F (last)": run("CNN-F (last)", cnnf, cnnf_paper_suite(EPS, n_iterations=1, prediction="last", **paper),
+                            transfer_source=cnn),
+        "CNN-F (avg)": run("CNN-F (avg)", cnnf, with_curve(cnnf_paper_suite(EPS, n_iterations=1, prediction="avg", **paper)),
+                           transfer_source=cnn),
+    }
+    fl_suite = fl_paper_suite(EPS, l2_eps=1.5, **common)
+    fl_reports = {
+        "CNN": run("CNN (FL suite)", cnn, fl_suite),
+        "CNN-F (avg)": run("CNN-F (avg, FL suite)", cnnf,
+                           dataclasses.replace(fl_suite, n_iterations=1, prediction="avg",
+                                               attacks=fl_suite.attacks + (AttackSpec.of("pgd_linf", EPS, gates="bpda", label="pgd_bpda"),))),
+    }
+
+    md = [
+        "# Robustness evaluation at small scale (`benchmarks/robustness_tables.py`)\n",
+        f"Fashion-MNIST standard training (B.1) on {len(splits.train)} images for {args.epochs} epochs; "
+        f"the first {args.n_eval} test images; attack seeds {args.seeds}; Linf eps {EPS} in [0, 1] pixel units "
+        f"(0.2 in the models' [-1, 1] input units); PGD-{args.pgd_steps} with random start; "
+        f"run took {(time.perf_counter() - t_start) / 60:.0f} min on this machine.\n",
+        "## CNN-F paper format (Tables 2-5)\n",
+        cnnf_table([(name, [r]) for name, r in reports.items()]),
+        "\n## Feedback-learning paper format (Table III), on the two models\n",
+        fl_table([(name, [r]) for name, r in fl_reports.items()]),
+        "\n## Accuracy vs eps (end-to-end PGD)\n",
+        "![accuracy vs eps](accuracy_vs_eps.png)\n",
+    ]
+    for name, r in {**{f"{k} · paper suite": v for k, v in reports.items()},
+                    **{f"{k} · FL suite": v for k, v in fl_reports.items()}}.items():
+        md += [f"\n## Integrity checks: {name}\n", checks_table(r)]
+    (out / "README.md").write_text("\n".join(md) + "\n")
+    accuracy_vs_eps([("CNN", reports["CNN"]), ("CNN-F (avg)", reports["CNN-F (avg)"])], out / "accuracy_vs_eps.png",
+                    title="Fashion-MNIST, standard training: end-to-end PGD")
+    (out / "reports.json").write_text(json.dumps({k: r.as_dict() for k, r in {**reports, **{f"FL {k}": v for k, v in fl_reports.items()}}.items()},
+                                                 indent=1))
+    print("\n".join(md[3:5]))
+    print(f"wrote {out}/README.md, accuracy_vs_eps.png, reports.json in {(time.perf_counter() - t_start) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
