@@ -190,7 +190,7 @@ def suite_from_config(cfg: EvalConfig, n_iterations: int) -> Suite:
     when cfg.eps_grid is set, and the checks. Labels "pgd_first", "pgd_e2e",
     "fgsm" give the metrics <split>_pgd_first_acc, ... that sweeps optimise."""
     params = {"steps": cfg.pgd_steps, "step_pixels": cfg.pgd_step_linf, "random_start": cfg.pgd_random_start}
-    grid = tuple(sorted({*cfg.eps_grid, cfg.eps_linf})) if cfg.eps_grid else ()
+    grid = tuple(sorted({0.0, *cfg.eps_grid, cfg.eps_linf})) if cfg.eps_grid else ()  # 0: the clean point, free
     attacks = (AttackSpec.of("pgd_linf", cfg.eps_linf, target="first", label="pgd_first", **params),
                AttackSpec.of("pgd_linf", cfg.eps_linf, eps_grid=grid, label="pgd_e2e", **params),
                AttackSpec.of("fgsm", cfg.eps_linf, label="fgsm"))
