@@ -37,7 +37,7 @@ BLACK_BOX_SLACK = 0.002  # check 5: robustness-eval.md's 0.2 %, per example
 ZERO_GRAD_SHARE = 0.01  # check 7
 PROBE_SPSA = {"steps": 5, "n_samples": 32}  # check 5 when the suite has no gradient-free attack
 PROBE_NOISE_DRAWS = 20  # check 6 when the suite has no noise attack
-ROUNDING = 1e-9  # accuracies are ratios of counts: a difference exactly at a slack must not trip it
+ROUNDING = 1e-6  # accuracies are float32 ratios of counts: a difference exactly at a slack must not trip it
 
 
 def _default(attack: str, name: str) -> Any:
