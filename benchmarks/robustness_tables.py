@@ -112,12 +112,16 @@ def main() -> None:
                                                attacks=fl_suite.attacks + (AttackSpec.of("pgd_linf", EPS, gates="bpda", label="pgd_bpda"),))),
     }
 
+    every = [*reports.values(), *fl_reports.values()]
+    attack_minutes = sum(a.seconds for r in every for a in r.attacks) / 60  # saved with the state: survives resuming
     md = [
         "# Robustness evaluation at small scale (`benchmarks/robustness_tables.py`)\n",
         f"Fashion-MNIST standard training (B.1) on {len(splits.train)} images for {args.epochs} epochs; "
         f"the first {args.n_eval} test images; attack seeds {args.seeds}; Linf eps {EPS} in [0, 1] pixel units "
-        f"(0.2 in the models' [-1, 1] input units); PGD-{args.pgd_steps} with random start; "
-        f"run took {(time.perf_counter() - t_start) / 60:.0f} min on this machine.\n",
+        f"(0.2 in the models' [-1, 1] input units); PGD-{args.pgd_steps} with random start. "
+        f"The attacks of the tables took {attack_minutes:.0f} min on this 2-core machine (the checks' probes "
+        f"come on top); this run took {(time.perf_counter() - t_start) / 60:.0f} min, resuming from "
+        f"{args.out}/state/ what an earlier run had finished.\n",
         "## CNN-F paper format (Tables 2-5)\n",
         cnnf_table([(name, [r]) for name, r in reports.items()]),
         "\n## Feedback-learning paper format (Table III), on the two models\n",
