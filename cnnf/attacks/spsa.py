@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cnnf.attacks.base import ATTACKS, Adam, Attack, FirstSuccess, Predict, margin
+from cnnf.attacks.base import ATTACKS, Adam, Attack, FirstSuccess, Predict, margin, rows_per_call
 from cnnf.data import to_input_units
 
 
@@ -32,7 +32,7 @@ class SPSAAttack(Attack):
     stochastic = True
 
     def __init__(self, eps_pixels: float, steps: int = 100, delta_pixels: float = 0.005, lr_pixels: float = 0.005,
-                 n_samples: int = 128, max_batch: int = 4096, seed: int = 0):
+                 n_samples: int = 128, max_batch: int | None = None, seed: int = 0):
         super().__init__(eps_pixels, seed)
         self.steps, self.n_samples, self.max_batch = steps, n_samples, max_batch
         self.delta_pixels, self.lr_pixels = delta_pixels, lr_pixels
@@ -60,7 +60,7 @@ class SPSAAttack(Attack):
         signs = torch.randint(0, 2, (len(x) * self.n_samples, *x.shape[1:]), generator=generator,
                               device=x.device, dtype=torch.int8)  # all draws up front: max_batch never changes them
         grad = torch.zeros_like(x).flatten(1)
-        pairs = max(1, self.max_batch // 2)
+        pairs = max(1, rows_per_call(self.max_batch, x) // 2)
         for start in range(0, len(signs), pairs):
             v = signs[start : start + pairs].to(x.dtype) * 2 - 1
             example = torch.arange(start, start + len(v), device=x.device) // self.n_samples
