@@ -15,6 +15,7 @@ and the stronger one failed.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
@@ -23,10 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cnnf.attacks import ATTACKS
+from cnnf.evaluate import AttackSpec
 from cnnf.report import AttackResult, Check, Curve
 
 if TYPE_CHECKING:
-    from cnnf.evaluate import AttackSpec, _Evaluator
+    from cnnf.evaluate import _Evaluator
 
 LARGE_EPS = 0.5  # check 1, [0, 1] pixel units
 LARGE_STEPS = 10  # check 1: at least this many PGD steps (a huge budget needs few)
@@ -62,9 +64,6 @@ def _is_noise(attack: str) -> bool:
 
 class _Checker:
     def __init__(self, ev: "_Evaluator", results: Sequence[AttackResult], curves: Sequence[Curve], n_classes: int):
-        from cnnf.evaluate import AttackSpec
-
-        self.Spec = AttackSpec
         self.ev, self.results, self.curves, self.n_classes = ev, results, curves, n_classes
         self.seed = ev.suite.seeds[0]
         self.m = min(ev.suite.check_examples, ev.n)
@@ -74,7 +73,7 @@ class _Checker:
         self.eps = ev.suite.nominal_eps() or (self.main.eps if self.main.eps is not None else 0.1)
 
     # -- helpers ------------------------------------------------------------------
-    def _main_pgd(self) -> "AttackSpec":
+    def _main_pgd(self) -> AttackSpec:
         """The suite's end-to-end Linf PGD (else any Linf PGD), or a PGD-20 probe."""
         pgd = [s for s in self.specs if s.attack == "pgd_linf" and s.gates == "exact"]
         for s in pgd:
@@ -82,26 +81,24 @@ class _Checker:
                 return s
         if pgd:
             return pgd[0]
-        return self.Spec.of("pgd_linf", self.ev.suite.nominal_eps() or 0.1, steps=20, label="probe/pgd_linf")
+        return AttackSpec.of("pgd_linf", self.ev.suite.nominal_eps() or 0.1, steps=20, label="probe/pgd_linf")
 
-    def robust(self, spec: "AttackSpec", **overrides: Any) -> Tensor:
+    def robust(self, spec: AttackSpec, **overrides: Any) -> Tensor:
         """Per-example robustness on the check images (runs the probe if needed)."""
         unit = self.ev.unit(spec, self.seed, n=self.m if spec not in self.specs else None)
         if overrides:
-            import dataclasses
-
             unit = dataclasses.replace(unit, n=self.m, **overrides)
         return self.ev.run(unit, spec.name() if spec in self.specs else f"check: {spec.name()}")[: self.m]
 
     def acc(self, robust: Tensor) -> float:
         return robust.float().mean().item()
 
-    def target_of(self, spec: "AttackSpec") -> tuple[str, str]:
+    def target_of(self, spec: AttackSpec) -> tuple[str, str]:
         return self.ev.resolve_target(spec.target, spec.gates)
 
     # -- the checks ---------------------------------------------------------------
     def large_budget(self) -> Check:
-        spec = self.Spec.of("pgd_linf", LARGE_EPS, target=self.main.target, gates=self.main.gates,
+        spec = AttackSpec.of("pgd_linf", LARGE_EPS, target=self.main.target, gates=self.main.gates,
                             steps=max(LARGE_STEPS, dict(self.main.params).get("steps") or LARGE_STEPS))
         a, chance = self.acc(self.robust(spec)), 1.0 / self.n_classes
         ok = a <= chance + ROUNDING
@@ -115,7 +112,7 @@ class _Checker:
         t = self.target_of(self.main)
         fgsm = next((s for s in self.specs if s.attack == "fgsm" and s.eps == self.main.eps and self.target_of(s) == t), None)
         if fgsm is None:
-            fgsm = self.Spec.of("fgsm", self.main.eps, target=self.main.target, gates=self.main.gates, label="probe/fgsm")
+            fgsm = AttackSpec.of("fgsm", self.main.eps, target=self.main.target, gates=self.main.gates, label="probe/fgsm")
         pgd, single = self.robust(self.main), self.robust(fgsm)
         share = (pgd & ~single).float().mean().item()
         ok = share <= ITERATIVE_SLACK + ROUNDING
@@ -130,7 +127,7 @@ class _Checker:
         if not series:
             e = self.main.eps or self.eps
             grid = sorted({0.0, e / 4, e / 2, e, LARGE_EPS})
-            large = self.Spec.of("pgd_linf", LARGE_EPS, target=self.main.target, gates=self.main.gates,
+            large = AttackSpec.of("pgd_linf", LARGE_EPS, target=self.main.target, gates=self.main.gates,
                                  steps=max(LARGE_STEPS, dict(self.main.params).get("steps") or LARGE_STEPS))
             accs = []
             for g in grid:
@@ -158,7 +155,7 @@ class _Checker:
         steps = params.get("steps") or _default("pgd_linf", "steps")
         restarts = params.get("restarts") or _default("pgd_linf", "restarts") or 1
         more = dict(params, steps=2 * steps, restarts=max(2, 2 * restarts))
-        spec = self.Spec.of("pgd_linf", self.main.eps, target=self.main.target, gates=self.main.gates,
+        spec = AttackSpec.of("pgd_linf", self.main.eps, target=self.main.target, gates=self.main.gates,
                             label="probe/pgd_more", **more)
         base, stronger = self.acc(self.robust(self.main)), self.acc(self.robust(spec))
         numbers = (("acc", base), ("acc_2x_steps_restarts", stronger))
@@ -190,7 +187,7 @@ class _Checker:
         black = [s for s in self.specs if _is_query_black_box(s.attack)]
         probe = not black
         if probe:
-            black = [self.Spec.of("spsa", self.main.eps, target=self.main.target, label="probe/spsa", **PROBE_SPSA)]
+            black = [AttackSpec.of("spsa", self.main.eps, target=self.main.target, label="probe/spsa", **PROBE_SPSA)]
         worst, numbers, detail_bad = 0.0, [], ""
         for b in black:
             white, names = self._white_box_robust()
@@ -209,7 +206,7 @@ class _Checker:
     def weaker_than_white_box(self) -> Check:
         others = [s for s in self.specs if _is_noise(s.attack) or s.attack == "transfer"]
         if not any(_is_noise(s.attack) for s in others):
-            others.append(self.Spec.of("uniform_noise", self.eps, label="probe/uniform_noise", draws=PROBE_NOISE_DRAWS))
+            others.append(AttackSpec.of("uniform_noise", self.eps, label="probe/uniform_noise", draws=PROBE_NOISE_DRAWS))
         white, names = self._white_box_robust()
         wb = self.acc(white)
         numbers, bad = [("white_box_acc", wb)], []
@@ -264,11 +261,11 @@ class _Checker:
         if not ev.is_cnnf or ev.n_iterations == 0:
             return Check(8, name, "skipped", "the scored model has no feedback iterations: first pass and end to end coincide")
         first = next((s for s in self.specs if s.attack == "pgd_linf" and s.target == "first"), None) or \
-            self.Spec.of("pgd_linf", self.main.eps, target="first", label="probe/pgd_first", **dict(self.main.params))
+            AttackSpec.of("pgd_linf", self.main.eps, target="first", label="probe/pgd_first", **dict(self.main.params))
         e2e = next((s for s in self.specs if s.attack == "pgd_linf" and s.target is None and s.gates == "exact"), None) or \
-            self.Spec.of("pgd_linf", self.main.eps, label="probe/pgd_e2e", **dict(self.main.params))
+            AttackSpec.of("pgd_linf", self.main.eps, label="probe/pgd_e2e", **dict(self.main.params))
         bpda = next((s for s in self.specs if s.attack == "pgd_linf" and s.gates == "bpda"), None) or \
-            self.Spec.of("pgd_linf", self.main.eps, gates="bpda", label="probe/pgd_e2e_bpda", **dict(e2e.params))
+            AttackSpec.of("pgd_linf", self.main.eps, gates="bpda", label="probe/pgd_e2e_bpda", **dict(e2e.params))
         a_first, a_e2e, a_bpda = (self.acc(self.robust(s)) for s in (first, e2e, bpda))
         numbers = (("first_acc", a_first), ("e2e_acc", a_e2e), ("e2e_bpda_acc", a_bpda))
         problems = []
