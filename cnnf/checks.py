@@ -83,6 +83,11 @@ class _Checker:
             return pgd[0]
         return AttackSpec.of("pgd_linf", self.ev.suite.nominal_eps() or 0.1, steps=20, label="probe/pgd_linf")
 
+    def _large_budget(self) -> AttackSpec:
+        """The main PGD's target at Linf LARGE_EPS, with at least LARGE_STEPS steps (checks 1 and 3)."""
+        return AttackSpec.of("pgd_linf", LARGE_EPS, target=self.main.target, gates=self.main.gates,
+                             steps=max(LARGE_STEPS, dict(self.main.params).get("steps") or LARGE_STEPS))
+
     def robust(self, spec: AttackSpec, **overrides: Any) -> Tensor:
         """Per-example robustness on the check images (runs the probe if needed)."""
         unit = self.ev.unit(spec, self.seed, n=self.m if spec not in self.specs else None)
@@ -98,9 +103,7 @@ class _Checker:
 
     # -- the checks ---------------------------------------------------------------
     def large_budget(self) -> Check:
-        spec = AttackSpec.of("pgd_linf", LARGE_EPS, target=self.main.target, gates=self.main.gates,
-                            steps=max(LARGE_STEPS, dict(self.main.params).get("steps") or LARGE_STEPS))
-        a, chance = self.acc(self.robust(spec)), 1.0 / self.n_classes
+        a, chance = self.acc(self.robust(self._large_budget())), 1.0 / self.n_classes
         ok = a <= chance + ROUNDING
         detail = (f"PGD at Linf {LARGE_EPS} leaves {a:.1%} accuracy (chance {chance:.1%})" if ok else
                   f"PGD at Linf {LARGE_EPS} leaves {a:.1%} > chance {chance:.1%}: the attack cannot drive the model "
@@ -127,8 +130,7 @@ class _Checker:
         if not series:
             e = self.main.eps or self.eps
             grid = sorted({0.0, e / 4, e / 2, e, LARGE_EPS})
-            large = AttackSpec.of("pgd_linf", LARGE_EPS, target=self.main.target, gates=self.main.gates,
-                                 steps=max(LARGE_STEPS, dict(self.main.params).get("steps") or LARGE_STEPS))
+            large = self._large_budget()
             accs = []
             for g in grid:
                 if g == LARGE_EPS:
@@ -188,9 +190,9 @@ class _Checker:
         probe = not black
         if probe:
             black = [AttackSpec.of("spsa", self.main.eps, target=self.main.target, label="probe/spsa", **PROBE_SPSA)]
+        white, names = self._white_box_robust()
         worst, numbers, detail_bad = 0.0, [], ""
         for b in black:
-            white, names = self._white_box_robust()
             rb = self.robust(b)
             share = (~rb & white).float().mean().item()
             numbers += [(f"{b.name()}_acc", self.acc(rb)), (f"{b.name()}_only_share", share)]
@@ -198,7 +200,7 @@ class _Checker:
                 worst, detail_bad = share, (f"{b.name()} breaks {share:.1%} of images that no white-box attack "
                                             f"({', '.join(names)}) breaks: white-box gradients are masked")
         ok = worst <= BLACK_BOX_SLACK + ROUNDING
-        numbers.append(("white_box_acc", self.acc(self._white_box_robust()[0])))
+        numbers.append(("white_box_acc", self.acc(white)))
         settings = f" (probe SPSA: {PROBE_SPSA['steps']} steps x {PROBE_SPSA['n_samples']} samples)" if probe else ""
         detail = f"no image broken by the gradient-free attack alone{settings}" if ok else detail_bad
         return Check(5, "white-box beats black-box", "pass" if ok else "flag", detail, tuple(numbers))
