@@ -170,15 +170,21 @@ def cnnf_paper_suite(eps: float = 0.1, *, n_iterations: int = 1, prediction: str
     return Suite(tuple(attacks), n_iterations=n_iterations, prediction=prediction, **suite)
 
 
-def fl_paper_suite(eps: float = 0.1, *, l2_eps: Optional[float] = None, noise_sigma: Optional[float] = None,
-                   **suite: Any) -> Suite:
+def fl_paper_suite(eps: float = 0.1, *, l2_eps: Optional[float] = None, noise_eps: Optional[float] = None,
+                   noise_sigma: Optional[float] = None, fgsm_grid: Sequence[float] = (), **suite: Any) -> Suite:
     """The attacks of the feedback-learning paper's Table III on a plain model:
     FGSM, CW-L2, PGD, BIM, MIM, DeepFool, uniform and Gaussian noise. eps:
     Linf budget; l2_eps: CW-L2 / DeepFool budget (None: unbounded);
-    noise_sigma: Gaussian standard deviation (default eps). Pixel units."""
-    attacks = (AttackSpec.of("fgsm", eps), AttackSpec.of("cw_l2", l2_eps), AttackSpec.of("pgd_linf", eps),
-               AttackSpec.of("bim", eps), AttackSpec.of("mim", eps), AttackSpec.of("deepfool", l2_eps),
-               AttackSpec.of("uniform_noise", eps), AttackSpec.of("gaussian_noise", noise_sigma if noise_sigma is not None else eps))
+    noise_eps: uniform-noise half-width (default eps); noise_sigma: Gaussian
+    standard deviation (default eps); fgsm_grid: budgets of the FGSM
+    accuracy-vs-strength curve (the paper's MNIST figure). Pixel units."""
+    grid = tuple(sorted({0.0, *fgsm_grid, eps})) if fgsm_grid else ()
+    # Labels are the attack names: metrics <split>_fgsm_acc, <split>_pgd_linf_acc, ...
+    attacks = (AttackSpec.of("fgsm", eps, eps_grid=grid, label="fgsm"), AttackSpec.of("cw_l2", l2_eps, label="cw_l2"),
+               AttackSpec.of("pgd_linf", eps, label="pgd_linf"), AttackSpec.of("bim", eps, label="bim"),
+               AttackSpec.of("mim", eps, label="mim"), AttackSpec.of("deepfool", l2_eps, label="deepfool"),
+               AttackSpec.of("uniform_noise", noise_eps if noise_eps is not None else eps, label="uniform_noise"),
+               AttackSpec.of("gaussian_noise", noise_sigma if noise_sigma is not None else eps, label="gaussian_noise"))
     suite.setdefault("prediction", "first")
     suite.setdefault("n_iterations", 0)
     return Suite(attacks, **suite)

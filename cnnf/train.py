@@ -198,17 +198,25 @@ def fit(
     *,
     callback: Optional[EpochCallback] = None,
     resume: Optional[TrainState] = None,
+    init: Optional[dict] = None,
 ) -> FitResult:
     """Train cfg.model on splits.train for cfg.train.epochs, validating each epoch.
 
     Validation runs the full CNN-F with the evaluation iterations and
     prediction on the held-out validation split; nothing here looks at the
     test split (cnnf-spec: no selection on the test set).
+
+    init: starting weights (a state dict) instead of a fresh initialisation,
+    e.g. feedback learning's retraining from the trained model; a resumed
+    run takes its weights from `resume` instead.
     """
     tc = cfg.train
     device = resolve_device(tc.device)
     seed_everything(tc.seed)
-    model = build_model(cfg).to(device)
+    model = build_model(cfg)
+    if init is not None:
+        model.load_state_dict(init)
+    model = model.to(device)
     train, val = splits.train.to(device), splits.val.to(device)
     steps_per_epoch = -(-len(train) // tc.batch_size)
     optimizer = build_optimizer(model, tc)

@@ -69,10 +69,11 @@ LEVEL_SHAPES: dict[str, list[tuple[int, ...]]] = {
     "fmnist_std": [(1, 28, 28), (32, 26, 26), (64, 24, 24), (128,)],
     "fmnist_adv": [(1, 28, 28), (16, 28, 28), (32, 28, 28), (32, 28, 28), (64, 14, 14), (1000,), (128,)],
     "wrn40_2": [(3, 32, 32)] + [(32, 32, 32)] * 6 + [(64, 16, 16), (128, 8, 8)],
+    "mnist_small": [(1, 28, 28), (8, 26, 26), (16, 24, 24), (64,)],  # B.1 at a quarter of the width (feedback learning)
 }
 # Intermediate reconstruction levels by default (cnnf-spec: the two layers
 # before the AdaPools of B.2; after each of the 3 WRN groups; none for B.1).
-DEFAULT_AUX: dict[str, tuple[int, ...]] = {"fmnist_std": (), "fmnist_adv": (3, 4), "wrn40_2": (6, 7, 8)}
+DEFAULT_AUX: dict[str, tuple[int, ...]] = {"fmnist_std": (), "fmnist_adv": (3, 4), "wrn40_2": (6, 7, 8), "mnist_small": ()}
 
 
 def default_aux(name: str, ind: int) -> tuple[int, ...]:
@@ -312,6 +313,7 @@ PLAIN_FORWARD: dict[str, Callable[[FeedbackNet, Tensor], tuple[Tensor, list[Tens
     "fmnist_std": plain_fashion_forward,
     "fmnist_adv": plain_fashion_adversarial_forward,
     "wrn40_2": plain_wrn_forward,
+    "mnist_small": plain_fashion_forward,  # the B.1 layout, narrower
 }
 
 
