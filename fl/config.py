@@ -1,0 +1,204 @@
+"""Typed configuration of a feedback-learning experiment (house style 1).
+
+Frozen dataclasses whose defaults are the paper's MNIST settings
+(fl-spec.md). Units: every margin, step and budget is in [0, 1] pixel
+units along directions of per-pixel RMS 1 (L2 norm sqrt(d)), so a margin of
+0.02 moves each pixel by 0.02 on average; `cnnf.data.to_input_units` turns
+them into the [-1, 1] model-input units once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal, Optional
+
+from cnnf.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, TrainConfig, require
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The decision-boundary search (fl-spec step 3, He et al. 2018).
+
+    mode "exact": the linear scan k = 1..max_steps in both signs of every
+    direction (Algorithm 1). mode "coarse_to_fine": scan every
+    `coarse_factor`-th step, then bisect inside the first flipped bracket; an
+    approximation that misses a flip which reverts between two coarse points
+    and assumes one crossing inside the bracket.
+    """
+
+    n_samples: int = 1500  # searched training samples, stratified over the classes
+    n_directions: Optional[int] = None  # random orthogonal directions; None: the input dimension (784 on MNIST)
+    step: float = 0.02  # pixel units per step (MNIST)
+    max_margin: float = 0.5  # the search range: half the pixel range
+    mode: Literal["exact", "coarse_to_fine"] = "exact"
+    coarse_factor: int = 5  # coarse_to_fine: fine steps per coarse step
+    correct_only: bool = True  # draw samples from correctly classified training images (Algorithm 1)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast the forward passes (an approximation, measured)
+    channels_last: bool = True  # memory layout of the batched forward passes (same math, faster convolutions)
+    clip: bool = False  # clip search points (and generated examples) to the pixel range; He et al. and the paper do not
+    batch_size: int = 2048  # points per forward call
+    seed: int = 0  # directions and samples
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        require(self.n_samples >= 1, "n_samples", f"must be >= 1, got {self.n_samples}")
+        require(self.n_directions is None or self.n_directions >= 1, "n_directions", f"must be >= 1, got {self.n_directions}")
+        require(self.step > 0, "step", f"must be > 0, got {self.step}")
+        require(self.max_margin >= self.step, "max_margin", f"must be >= step ({self.step}), got {self.max_margin}")
+        ratio = self.max_margin / self.step
+        require(abs(ratio - round(ratio)) < 1e-6, "max_margin", f"must be a whole number of steps of {self.step}, got {self.max_margin}")
+        require(self.coarse_factor >= 2, "coarse_factor", f"must be >= 2, got {self.coarse_factor}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+
+    @property
+    def max_steps(self) -> int:
+        return int(round(self.max_margin / self.step))
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Robustness tiers, per-class sample quotas and generation (fl-spec step 4).
+
+    Classes are sorted by class robustness R_i; the top `high_fraction` of
+    them form the high tier (`quota_high` samples each, "minimum selection"),
+    the bottom `low_fraction` the low tier (`quota_low`, "maximum
+    selection"), the rest the medium tier. `equal_quotas` is reduced FL: no
+    inequality compensation, every class gets `equal_quota` samples (None: the
+    FL total spread evenly, so both variants generate as many examples).
+    """
+
+    high_fraction: float = 0.2
+    low_fraction: float = 0.5
+    quota_high: int = 20
+    quota_medium: int = 100
+    quota_low: int = 150
+    directions_per_sample: int = 40  # the smallest-margin flipped directions of each chosen sample
+    strength_min: float = 1.5  # generated at uniform(strength_min, strength_max) x the measured margin
+    strength_max: float = 2.0
+    equal_quotas: bool = False
+    equal_quota: Optional[int] = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("high_fraction", "low_fraction"):
+            v = getattr(self, name)
+            require(0.0 <= v <= 1.0, name, f"must be in [0, 1], got {v}")
+        require(self.high_fraction + self.low_fraction <= 1.0, "low_fraction",
+                f"high_fraction + low_fraction must be <= 1, got {self.high_fraction} + {self.low_fraction}")
+        for name in ("quota_high", "quota_medium", "quota_low"):
+            v = getattr(self, name)
+            require(v >= 0, name, f"must be >= 0, got {v}")
+        require(self.equal_quota is None or self.equal_quota >= 1, "equal_quota", f"must be >= 1, got {self.equal_quota}")
+        require(self.directions_per_sample >= 1, "directions_per_sample", f"must be >= 1, got {self.directions_per_sample}")
+        require(self.strength_min > 0, "strength_min", f"must be > 0, got {self.strength_min}")
+        require(self.strength_min <= self.strength_max, "strength_max",
+                f"the strength range is empty: strength_min {self.strength_min} > strength_max {self.strength_max}")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Retraining from the trained base model on original + generated data
+    (fl-spec step 5); unset fields keep the base training's values."""
+
+    epochs: int = 5
+    lr: Optional[float] = None
+    batch_size: Optional[int] = None
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        require(self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.batch_size is None or self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class FLEvalConfig:
+    """The paper's Table III attacks (`cnnf.evaluate.fl_paper_suite`) and an
+    FGSM accuracy-vs-strength curve. The paper tuned strengths per dataset
+    without publishing them; these are MNIST-scale defaults in pixel units."""
+
+    eps_linf: float = 0.1  # FGSM, PGD, BIM, MIM
+    l2_eps: Optional[float] = 1.5  # CW-L2 and DeepFool budget (L2 over the image); None: unbounded
+    noise_eps: float = 0.3  # uniform noise half-width
+    noise_sigma: float = 0.3  # Gaussian noise standard deviation
+    fgsm_grid: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+    n_examples: Optional[int] = 1000  # first n of each split; None: all
+    seeds: tuple[int, ...] = (0,)
+    checks: bool = True
+    check_examples: int = 100
+    batch_size: int = 500
+    margins_after: bool = True  # search the retrained model again for R and R_i after FL (one more full search)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fgsm_grid", tuple(float(e) for e in self.fgsm_grid))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        require(0.0 <= self.eps_linf <= 1.0, "eps_linf", f"must be in [0, 1] pixel units, got {self.eps_linf}")
+        require(self.l2_eps is None or self.l2_eps > 0, "l2_eps", f"must be > 0, got {self.l2_eps}")
+        require(0.0 <= self.noise_eps <= 1.0, "noise_eps", f"must be in [0, 1] pixel units, got {self.noise_eps}")
+        require(self.noise_sigma >= 0, "noise_sigma", f"must be >= 0, got {self.noise_sigma}")
+        require(all(0.0 <= e <= 1.0 for e in self.fgsm_grid), "fgsm_grid", f"budgets must be in [0, 1], got {list(self.fgsm_grid)}")
+        require(self.n_examples is None or self.n_examples >= 1, "n_examples", f"must be positive, got {self.n_examples}")
+        require(len(self.seeds) >= 1, "seeds", "at least one seed is needed")
+        require(self.check_examples >= 1, "check_examples", f"must be positive, got {self.check_examples}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+def _fl_data() -> DataConfig:
+    return DataConfig(dataset="mnist")
+
+
+def _fl_model() -> ModelConfig:
+    return ModelConfig(arch="cnn_mnist_small")
+
+
+def _fl_train() -> TrainConfig:
+    return TrainConfig(epochs=10, n_iterations=0)
+
+
+@dataclass(frozen=True)
+class FLConfig:
+    """One feedback-learning run: train, search, select, generate, retrain,
+    evaluate; the `base` of an `fl` sweep."""
+
+    data: DataConfig = field(default_factory=_fl_data)
+    model: ModelConfig = field(default_factory=_fl_model)
+    train: TrainConfig = field(default_factory=_fl_train)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    eval: FLEvalConfig = field(default_factory=FLEvalConfig)
+
+    def __post_init__(self) -> None:
+        self.base_experiment()  # its errors name model.arch, train.n_iterations, ... as here
+        from cnnf.data import dataset_info
+        from fl.select import check_selection
+
+        info = dataset_info(self.data.dataset)
+        dim = info.input_shape[0] * info.input_shape[1] * info.input_shape[2]
+        require(self.search.n_directions is None or self.search.n_directions <= dim, "search.n_directions",
+                f"at most the input dimension {dim} orthogonal directions exist, got {self.search.n_directions}")
+        check_selection(self.selection, info.n_classes, samples_per_class(self.search.n_samples, info.n_classes))
+
+    def base_experiment(self) -> ExperimentConfig:
+        """The base model's training as a CNN-F experiment (cnnf.train.fit)."""
+        return ExperimentConfig(data=self.data, model=self.model, train=self.train, eval=EvalConfig(prediction="avg"))
+
+    def retrain_experiment(self) -> ExperimentConfig:
+        r = self.retrain
+        train = replace(self.train, epochs=r.epochs, seed=r.seed, lr=r.lr if r.lr is not None else self.train.lr,
+                        batch_size=r.batch_size if r.batch_size is not None else self.train.batch_size)
+        return replace(self.base_experiment(), train=train)
+
+    @property
+    def n_directions(self) -> int:
+        from cnnf.data import dataset_info
+
+        shape = dataset_info(self.data.dataset).input_shape
+        return self.search.n_directions or shape[0] * shape[1] * shape[2]
+
+
+def samples_per_class(n_samples: int, n_classes: int) -> tuple[int, ...]:
+    """How many searched samples each class gets: an equal share, the
+    remainder to the lowest classes."""
+    base, extra = divmod(n_samples, n_classes)
+    return tuple(base + (1 if c < extra else 0) for c in range(n_classes))

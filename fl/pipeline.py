@@ -1,0 +1,221 @@
+"""The five steps of feedback learning as stages (fl-spec "The five steps").
+
+    net, _ = train_base(cfg, splits)                      # 1. train
+    margins = search_margins(net, splits, cfg)             # 2-3. select samples, boundary search
+    stats = margin_stats(margins, splits.n_classes)        #      M, N, R, R_i
+    variant = retrain(net, splits, margins, stats, cfg)   # 4-5. tiers, quotas, generation, retraining
+    reports = evaluate_model(variant.net, splits, cfg)    #      Table III attacks
+
+`run_feedback_learning` chains them for the original model, FL and reduced
+FL. Each step takes the typed config and returns values; with a
+`stage_dir`, the base model and the margins are computed once and reused
+by every later call with the same settings (a quota sweep trains and
+searches once). Progress and messages leave through callbacks; nothing here
+prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from cnnf.data import ArrayDataset, DataSplits
+from cnnf.evaluate import EvalProgress, evaluate, fl_paper_suite
+from cnnf.models import FeedbackNet, InferenceModel
+from cnnf.report import EvalReport
+from cnnf.train import EpochCallback, EpochResult, TrainState, build_model, fit, resolve_device
+from fl.config import FLConfig
+from fl.directions import orthogonal_directions
+from fl.search import Margins, Progress, boundary_search, scan
+from fl.select import SelectionPlan, generate, plan_selection
+from fl.stages import cached_stage, config_key
+from fl.stats import MarginStats, margin_stats
+
+Log = Callable[[str], None]
+# "continued": the control, retrained exactly like FL but on the original images
+# only, so gains from the extra epochs are not credited to the generated examples.
+VARIANTS = ("original", "continued", "fl", "reduced_fl")
+
+
+def scored_model(net: FeedbackNet, cfg: FLConfig) -> nn.Module:
+    """The classifier the search and generation see: the base experiment's
+    evaluation iterations and prediction (a plain CNN: its single pass)."""
+    exp = cfg.base_experiment()
+    iterations = exp.eval_iterations
+    return InferenceModel(net, iterations, exp.eval.prediction if iterations > 0 else "first").eval()
+
+
+def train_base(cfg: FLConfig, splits: DataSplits, *, stage_dir: Optional[Path] = None,
+               callback: Optional[EpochCallback] = None, log: Optional[Log] = None) -> tuple[FeedbackNet, tuple[EpochResult, ...]]:
+    """Step 1: train the model normally. Stored in stage_dir under the key of
+    (data, model, train), so every trial of a sweep that shares them reuses it."""
+    exp = cfg.base_experiment()
+
+    def compute() -> tuple[FeedbackNet, tuple[EpochResult, ...]]:
+        result = fit(exp, splits, callback=callback)
+        return result.model, result.history
+
+    def save(value: tuple[FeedbackNet, tuple[EpochResult, ...]], path: Path) -> None:
+        torch.save({"model": {k: v.cpu() for k, v in value[0].state_dict().items()},
+                    "history": [r.__dict__ for r in value[1]]}, path)
+
+    def load(path: Path) -> tuple[FeedbackNet, tuple[EpochResult, ...]]:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        net = build_model(exp)
+        net.load_state_dict(raw["model"])
+        return net.to(resolve_device(exp.train.device)).eval(), tuple(EpochResult(**r) for r in raw["history"])
+
+    return cached_stage(stage_dir, "base", config_key(cfg.data, cfg.model, cfg.train), compute, save, load, log)
+
+
+def search_margins(net: FeedbackNet, splits: DataSplits, cfg: FLConfig, *, stage_dir: Optional[Path] = None,
+                   progress: Optional[Progress] = None, log: Optional[Log] = None) -> Margins:
+    """Steps 2-3: draw the samples from the training split and search their
+    margins (cached in stage_dir by the model's and the search's fingerprint)."""
+    device = resolve_device(cfg.search.device)
+    model = scored_model(net, cfg).to(device)
+    return boundary_search(model, splits.train, cfg.search, splits.n_classes, cache_dir=stage_dir, progress=progress, log=log)
+
+
+def directions_of(margins: Margins, cfg: FLConfig, input_shape: Sequence[int]) -> Tensor:
+    """The directions a search used, recomputed from its seed."""
+    dim = int(torch.tensor(input_shape).prod())
+    return orthogonal_directions(margins.n_directions, dim, cfg.search.seed)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A model of the comparison: the original, FL or reduced FL."""
+
+    name: str
+    net: FeedbackNet
+    history: tuple[EpochResult, ...]
+    plan: Optional[SelectionPlan] = None
+    n_generated: int = 0
+    generated_per_class: tuple[int, ...] = ()
+
+
+def retrain(net: FeedbackNet, splits: DataSplits, margins: Margins, stats: MarginStats, cfg: FLConfig, *,
+            equal_quotas: Optional[bool] = None, callback: Optional[EpochCallback] = None,
+            resume: Optional[TrainState] = None) -> Variant:
+    """Steps 4-5: tiers and quotas from R_i, boundary-crossing examples along
+    each chosen sample's smallest-margin directions, then retraining from the
+    trained weights on the original training images shuffled with them.
+    equal_quotas overrides cfg.selection.equal_quotas (True: reduced FL).
+    The generation is seeded, so a retraining resumed from `resume` (a
+    TrainState of this retraining) sees the same data."""
+    sel = cfg.selection if equal_quotas is None else replace(cfg.selection, equal_quotas=equal_quotas)
+    plan = plan_selection(margins, stats.class_robustness, sel)
+    x = splits.train.x[margins.indices]
+    generated = generate(x, margins, directions_of(margins, cfg, splits.input_shape), plan, sel, clip=cfg.search.clip)
+    train = ArrayDataset(torch.cat([splits.train.x, generated.x]), torch.cat([splits.train.y, generated.y]))
+    init = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    result = fit(cfg.retrain_experiment(), replace(splits, train=train), callback=callback, init=init, resume=resume)
+    per_class = tuple(torch.bincount(generated.y, minlength=splits.n_classes).tolist())
+    return Variant("reduced_fl" if sel.equal_quotas else "fl", result.model, result.history, plan, len(generated), per_class)
+
+
+def continue_training(net: FeedbackNet, splits: DataSplits, cfg: FLConfig, *,
+                      callback: Optional[EpochCallback] = None) -> Variant:
+    """The control of FL: the retraining schedule on the original images alone."""
+    init = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    result = fit(cfg.retrain_experiment(), splits, callback=callback, init=init)
+    return Variant("continued", result.model, result.history)
+
+
+def centre_margins(net: FeedbackNet, splits: DataSplits, margins: Margins, stats: MarginStats, cfg: FLConfig) -> Tensor:
+    """Mean margin of each class-centre sample (chosen on the original model)
+    under `net`, along the same directions: the paper's before/after comparison."""
+    rows = stats.centre[stats.centre >= 0]
+    x, y = splits.train.x[margins.indices[rows]], margins.labels[rows]
+    model = scored_model(net, cfg).to(resolve_device(cfg.search.device))
+    again = scan(model, x, y, directions_of(margins, cfg, splits.input_shape), cfg.search)
+    out = torch.full((stats.n_classes,), float("nan"), dtype=torch.float64)
+    out[y] = again.margin.double().mean(1)
+    return out
+
+
+def fl_suite(cfg: FLConfig):
+    """The FL paper's attacks with cfg.eval's budgets, scoring the model as the search does."""
+    e, exp = cfg.eval, cfg.base_experiment()
+    iterations = exp.eval_iterations
+    return fl_paper_suite(e.eps_linf, l2_eps=e.l2_eps, noise_eps=e.noise_eps, noise_sigma=e.noise_sigma,
+                          fgsm_grid=e.fgsm_grid, n_examples=e.n_examples, seeds=e.seeds, checks=e.checks,
+                          check_examples=e.check_examples, batch_size=e.batch_size, n_iterations=iterations,
+                          prediction=exp.eval.prediction if iterations > 0 else "first")
+
+
+def evaluate_model(net: FeedbackNet, splits: DataSplits, cfg: FLConfig, *, split_names: Sequence[str] = ("val", "test"),
+                   progress: Optional[EvalProgress] = None) -> dict[str, EvalReport]:
+    """The FL attack suite on each named split; the integrity checks run on the first only."""
+    suite = fl_suite(cfg)
+    device = next(net.parameters()).device
+    reports = {}
+    for i, name in enumerate(split_names):
+        data = getattr(splits, name).to(device)
+        reports[name] = evaluate(net, data, suite if i == 0 else replace(suite, checks=False), split=name, progress=progress)
+    return reports
+
+
+@dataclass(frozen=True)
+class VariantOutcome:
+    variant: Variant
+    margins: Optional[Margins]  # this model's own search (recomputed after retraining)
+    stats: Optional[MarginStats]
+    centre_margin: Tensor  # the original class-centre samples' mean margins under this model
+    reports: dict[str, EvalReport] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FLRun:
+    config: FLConfig
+    margins: Margins  # the original model's
+    stats: MarginStats
+    outcomes: dict[str, VariantOutcome]  # by variant name
+
+
+def run_feedback_learning(cfg: FLConfig, splits: DataSplits, *, variants: Sequence[str] = ("original", "fl", "reduced_fl"),
+                          stage_dir: Optional[Path] = None, margins_after: Optional[bool] = None,
+                          split_names: Sequence[str] = ("val", "test"), log: Optional[Log] = None,
+                          search_progress: Optional[Callable[[str], Progress]] = None,
+                          eval_progress: Optional[EvalProgress] = None) -> FLRun:
+    """Train, search, then for each variant (VARIANTS) retrain, search
+    the new model again (margins_after) and evaluate. search_progress(name)
+    gives the progress callback of each search; margins_after None follows
+    cfg.eval.margins_after."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"variants: unknown {unknown}; expected some of {list(VARIANTS)}")
+    say = log or (lambda _: None)
+    sp = search_progress or (lambda _: None)
+    say("training the base model")
+    net, history = train_base(cfg, splits, stage_dir=stage_dir, log=log)
+    say("searching the base model's margins")
+    margins = search_margins(net, splits, cfg, stage_dir=stage_dir, progress=sp("original"), log=log)
+    stats = margin_stats(margins, splits.n_classes)
+    outcomes: dict[str, VariantOutcome] = {}
+    for name in variants:
+        if name == "original":
+            variant = Variant("original", net, history)
+            own_margins, own_stats, centre = margins, stats, stats.centre_margin
+        else:
+            if name == "continued":
+                say("continued: retraining on the original images only (the control)")
+                variant = continue_training(net, splits, cfg)
+            else:
+                say(f"{name}: generating examples and retraining")
+                variant = retrain(net, splits, margins, stats, cfg, equal_quotas=name == "reduced_fl")
+            own_margins = own_stats = None
+            if cfg.eval.margins_after if margins_after is None else margins_after:
+                say(f"{name}: searching the retrained model's margins")
+                own_margins = search_margins(variant.net, splits, cfg, stage_dir=stage_dir, progress=sp(name), log=log)
+                own_stats = margin_stats(own_margins, splits.n_classes)
+            centre = centre_margins(variant.net, splits, margins, stats, cfg)
+        say(f"{name}: evaluating")
+        reports = evaluate_model(variant.net, splits, cfg, split_names=split_names, progress=eval_progress)
+        outcomes[name] = VariantOutcome(variant, own_margins, own_stats, centre, reports)
+    return FLRun(cfg, margins, stats, outcomes)
