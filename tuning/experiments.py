@@ -23,7 +23,7 @@ REPORT_DIR = "report"
 @dataclass(frozen=True)
 class ExperimentKind:
     name: str
-    trainable: Callable[..., None]  # (config: dict, *, base, cpus, gpus) -> None, reports through ray.tune
+    trainable: Callable[..., None]  # (config: dict, *, base, cpus, gpus, stage_dir) -> None, reports through ray.tune
     config_cls: type
     epoch_metrics: tuple[str, ...]  # reported every epoch (may drive early stopping)
     final_metrics: tuple[str, ...]  # reported once at the end

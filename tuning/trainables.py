@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -23,6 +24,12 @@ from cnnf.report import EvalReport
 from cnnf.tables import checks_table, cnnf_table
 from cnnf.train import EpochResult, TrainState, build_model, fit, load_train_state, save_train_state
 
+from fl.config import FLConfig
+from fl.pipeline import centre_margins, continue_training, evaluate_model, retrain, scored_model, search_margins, train_base
+from fl.plots import class_robustness, margin_heatmap
+from fl.stages import cached_stage, config_key
+from fl.stats import MarginStats, margin_stats, r_spread
+from fl.tables import adjacent_share_table, centre_table, fl_table, robustness_table
 from tuning.experiments import REPORT_DIR, ExperimentKind, register_experiment
 from tuning.space import apply_params
 
@@ -77,7 +84,8 @@ def trial_device(requested: str, gpus: float) -> str:
     return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
-def train_cnnf(config: dict[str, Any], *, base: ExperimentConfig, cpus: float, gpus: float = 0.0) -> None:
+def train_cnnf(config: dict[str, Any], *, base: ExperimentConfig, cpus: float, gpus: float = 0.0,
+               stage_dir: Optional[str] = None) -> None:
     """One CNN-F trial: train with the sampled knobs, then evaluate.
 
     Reports each epoch's metrics with a checkpoint; the last report adds the
@@ -150,5 +158,151 @@ register_experiment(
         preflight=_cnnf_preflight,
         load_model=load_cnnf_model,
         describe_eval=_cnnf_eval_note,
+    )
+)
+
+
+# --- feedback learning ----------------------------------------------------------
+
+FL_ATTACKS = ("fgsm", "cw_l2", "pgd_linf", "bim", "mim", "deepfool", "uniform_noise", "gaussian_noise")
+FL_MARGIN_METRICS = ("R", "R_spread", "base_R", "base_R_spread", "n_generated")
+
+
+def _fl_split_metrics(prefix: str, checks: bool) -> tuple[str, ...]:
+    names = [f"{prefix}clean_acc", f"{prefix}min_acc", *(f"{prefix}{a}_acc" for a in FL_ATTACKS)]
+    if checks:
+        names += [f"{prefix}checks_flagged", *(f"{prefix}check_{i}_ok" for i in range(1, 9))]
+    return tuple(names)
+
+
+def _pickled_stage(stages: Optional[Path], name: str, key: str, compute: Callable[[], Any]) -> Any:
+    """A shared stage holding evaluation reports (pickled: written by this
+    stage in this sweep's folder, read back only from there)."""
+    return cached_stage(stages, name, key, compute, lambda value, path: path.write_bytes(pickle.dumps(value)),
+                        lambda path: pickle.loads(path.read_bytes()))
+
+
+def _base_reports(cfg: FLConfig, net: torch.nn.Module, splits: Any, stages: Optional[Path]) -> dict[str, EvalReport]:
+    """The base model's evaluation, a shared stage: every trial compares against it."""
+    key = config_key(cfg.data, cfg.model, cfg.train, cfg.eval)
+    return _pickled_stage(stages, "base-eval", key, lambda: evaluate_model(net, splits, cfg))
+
+
+def _control_reports(cfg: FLConfig, net: torch.nn.Module, splits: Any, stages: Optional[Path]) -> dict[str, EvalReport]:
+    """The control, a shared stage: the base model retrained like FL on the
+    original images only, so a trial's gain is not the extra epochs'."""
+    key = config_key(cfg.data, cfg.model, cfg.train, cfg.retrain, cfg.eval)
+    return _pickled_stage(stages, "control-eval", key,
+                          lambda: evaluate_model(continue_training(net, splits, cfg).net, splits, cfg))
+
+
+def _write_fl_report(cfg: FLConfig, base: dict[str, EvalReport], control: dict[str, EvalReport], trial: dict[str, EvalReport],
+                     stats: list[tuple[str, MarginStats]], centre: list[tuple[str, list[float]]],
+                     variant_name: str) -> Callable[[Path], None]:
+    def write(folder: Path) -> None:
+        def columns(split: str) -> list[tuple[str, list[EvalReport]]]:
+            return [("original", [base[split]]), ("original + retraining", [control[split]]), (variant_name, [trial[split]])]
+
+        models, val_models = columns("test"), columns("val")
+        text = [f"# Feedback learning: {variant_name}\n",
+                "*original + retraining* is the control: the same retraining on the original images only.\n",
+                "## Accuracy under the FL attack suite, test split (reporting only)\n", fl_table(models),
+                "\n## Validation split (what a sweep optimises)\n", fl_table(val_models),
+                "\n## Margin statistics\n", robustness_table(stats), "\n### Adjacent-class shares (%)\n",
+                adjacent_share_table(stats), "\n### Class-centre images: mean margin\n",
+                centre_table([n for n, _ in centre], [m for _, m in centre]),
+                "\n## Integrity checks (validation split)\n", checks_table(trial["val"])]
+        (folder / "evaluation.md").write_text("\n".join(text) + "\n")
+        margin_heatmap(stats, folder / "margin_heatmap.png", title="mean margin (origin x adjacent class)")
+        class_robustness(stats, folder / "class_robustness.png", title="class robustness R_i")
+        if trial["test"].curves:
+            accuracy_vs_eps([("original", base["test"]), (variant_name, trial["test"])], folder / "fgsm_curve.png",
+                            title="test accuracy vs FGSM strength")
+
+    return write
+
+
+def train_fl(config: dict[str, Any], *, base: FLConfig, cpus: float, gpus: float = 0.0,
+             stage_dir: Optional[str] = None) -> None:
+    """One feedback-learning trial: the trained base model and its margins come
+    from the sweep's shared stages (computed by the first trial that needs
+    them); the trial selects with its quotas, generates, retrains (reporting
+    each epoch with a checkpoint), then evaluates and searches the retrained
+    model's margins."""
+    from ray import tune
+
+    for name in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    torch.set_num_threads(max(1, int(cpus)))
+    cfg = apply_params(base, config)
+    device = trial_device(cfg.train.device, gpus)
+    cfg = replace(cfg, train=replace(cfg.train, device=device),
+                  search=replace(cfg.search, device=trial_device(cfg.search.device, gpus)))
+    stages = Path(stage_dir) if stage_dir else None
+    splits = load_splits(cfg.data)
+    net, _ = train_base(cfg, splits, stage_dir=stages)
+    margins = search_margins(net, splits, cfg, stage_dir=stages)
+    stats = margin_stats(margins, splits.n_classes)
+    base_reports = _base_reports(cfg, net, splits, stages)
+    control_reports = _control_reports(cfg, net, splits, stages)
+
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = load_train_state(Path(d) / STATE_FILE)
+    last: dict[str, Any] = {}
+
+    def on_epoch(result: EpochResult, state: TrainState) -> None:
+        if result.epoch < cfg.retrain.epochs:
+            _report(_epoch_metrics(result), state, cfg)
+        last["result"], last["state"] = result, state
+
+    variant = retrain(net, splits, margins, stats, cfg, callback=on_epoch, resume=resume)
+    result, state = last.get("result", variant.history[-1]), last.get("state", resume)
+    reports = evaluate_model(variant.net, splits, cfg)
+    all_stats = [("original", stats)]
+    metrics: dict[str, Any] = {**_epoch_metrics(result), **reports["val"].metrics("val_"), **reports["test"].metrics("test_"),
+                               "base_R": stats.robustness, "base_R_spread": r_spread(stats.class_robustness),
+                               "n_generated": variant.n_generated,
+                               **{f"base_{k}": v for k, v in base_reports["val"].metrics("val_").items() if k.endswith("_acc")},
+                               **{f"control_{k}": v for k, v in control_reports["val"].metrics("val_").items() if k.endswith("_acc")}}
+    if cfg.eval.margins_after:
+        after = margin_stats(search_margins(variant.net, splits, cfg, stage_dir=stages), splits.n_classes)
+        all_stats.append((variant.name, after))
+        metrics.update({"R": after.robustness, "R_spread": r_spread(after.class_robustness)})
+    centre = [("original", stats.centre_margin.tolist()),
+              (variant.name, centre_margins(variant.net, splits, margins, stats, cfg).tolist())]
+    extra = {"eval": [reports["val"].as_dict(), reports["test"].as_dict()], "plan": variant.plan.as_dict() if variant.plan else None,
+             "margins": {name: s.as_dict() for name, s in all_stats}}
+    _report(metrics, state, cfg, extra, _write_fl_report(cfg, base_reports, control_reports, reports, all_stats, centre, variant.name))
+
+
+def load_fl_model(checkpoint_dir: Path, cfg: FLConfig) -> tuple[torch.nn.Module, Any]:
+    state = load_train_state(Path(checkpoint_dir) / STATE_FILE)
+    net = build_model(cfg.retrain_experiment())
+    net.load_state_dict(state.model)
+    example = torch.zeros(1, *dataset_info(cfg.data.dataset).input_shape).numpy()
+    return scored_model(net, cfg), example
+
+
+def _fl_eval_note(cfg: FLConfig) -> str:
+    e = cfg.eval
+    return (f"FL suite: Linf eps={e.eps_linf:g}, L2 {e.l2_eps}, noise {e.noise_eps:g}/{e.noise_sigma:g} ([0, 1] pixel units); "
+            f"first {e.n_examples or 'all'} images per split; margins of {cfg.search.n_samples} samples x {cfg.n_directions} directions")
+
+
+register_experiment(
+    ExperimentKind(
+        name="fl",
+        trainable=train_fl,
+        config_cls=FLConfig,
+        epoch_metrics=("train_loss", "train_ce", "train_recon", "train_acc", "val_acc", "seconds", "images_per_s"),
+        final_metrics=(*_fl_split_metrics("val_", True), *_fl_split_metrics("test_", False), *FL_MARGIN_METRICS,
+                       *(f"base_{m}" for m in _fl_split_metrics("val_", False)),
+                       *(f"control_{m}" for m in _fl_split_metrics("val_", False))),
+        preflight=lambda cfg: check_available(cfg.data),
+        load_model=load_fl_model,
+        describe_eval=_fl_eval_note,
     )
 )
