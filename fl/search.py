@@ -177,23 +177,32 @@ def _scan(predict: _Predictor, x: Tensor, y: Tensor, dirs: Tensor, step_in: floa
 def naive_scan(model: nn.Module, x: Tensor, y: Tensor, directions: Tensor, step: float, max_steps: int,
                clip: bool = False) -> Margins:
     """The reference: one image per forward call, sample by sample, direction
-    by direction, step by step (Algorithm 1 as written). For tests and the
-    benchmark; use `boundary_search` for real work."""
+    by direction, step by step (Algorithm 1 as written, the loop a researcher
+    writes first). Its points are bitwise those of the batched scan (the same
+    float32 offsets and operations). For tests and the benchmark; use
+    `boundary_search` for real work."""
     t0 = time.perf_counter()
     model = model.eval()
     n_samples, n_dir = len(y), directions.shape[0]
+    shape = (1, *x.shape[1:])
     x_flat = x.reshape(n_samples, -1)
+    signed = torch.cat([directions, -directions]).to(x.device)
     margin = torch.full((n_samples, 2 * n_dir), max_steps * step)
     adjacent = torch.full((n_samples, 2 * n_dir), NA, dtype=torch.long)
     step_in, passes = to_input_units(step), 0
+    # The offsets k * step in input units, rounded to float32 once, as `_offsets` does.
+    offsets = _offsets(torch.arange(max_steps + 1), step_in, torch.ones(max_steps + 1)).tolist()
     for s in range(n_samples):
+        label = int(y[s])
         for j in range(2 * n_dir):
             for k in range(1, max_steps + 1):
-                one = lambda v: torch.tensor([v], device=x.device)  # noqa: E731
-                p = _points(x_flat, directions, one(s), one(j), one(k), step_in, clip)
-                pred = int(model(p.view(1, *x.shape[1:])).argmax(1))
+                # sign * (k * step) * d == (k * step) * (sign * d) exactly: negation is exact.
+                p = x_flat[s] + offsets[k] * signed[j]
+                if clip:
+                    p = p.clamp(*INPUT_RANGE)
+                pred = int(model(p.view(shape)).argmax(1))
                 passes += 1
-                if pred != int(y[s]):
+                if pred != label:
                     margin[s, j], adjacent[s, j] = k * step, pred
                     break
     return Margins(margin, adjacent, y.cpu(), torch.arange(n_samples), step, max_steps * step, "naive", passes,

@@ -73,6 +73,24 @@ def _epoch_metrics(result: EpochResult) -> dict[str, float]:
     return {"epoch": result.epoch, "val_acc": result.val_acc, "train_loss": result.train_loss, **result.metrics()}
 
 
+EPOCH_METRICS = ("train_loss", "train_ce", "train_recon", "train_acc", "val_acc", "seconds", "images_per_s")
+
+
+def _start_trial(cpus: float) -> Optional[TrainState]:
+    """Per-trial process setup; returns the training state to resume from
+    when Tune restarts the trial from its last checkpoint."""
+    from ray import tune
+
+    for name in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # one INFO line per checkpoint otherwise
+    torch.set_num_threads(max(1, int(cpus)))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return load_train_state(Path(d) / STATE_FILE)
+
+
 def trial_device(requested: str, gpus: float) -> str:
     """The device a trial may use: 'auto' means its GPU only if Ray gave it one.
 
@@ -92,19 +110,10 @@ def train_cnnf(config: dict[str, Any], *, base: ExperimentConfig, cpus: float, g
     clean and PGD accuracies on the validation split (`val_*`, what a sweep
     may optimise) and on the test split (`test_*`, for reporting only).
     """
-    from ray import tune
-
-    for name in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # one INFO line per checkpoint otherwise
-    torch.set_num_threads(max(1, int(cpus)))
+    resume = _start_trial(cpus)
     cfg = apply_params(base, config)
     cfg = replace(cfg, train=replace(cfg.train, device=trial_device(cfg.train.device, gpus)))
     splits = load_splits(cfg.data)
-    checkpoint = tune.get_checkpoint()
-    resume = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            resume = load_train_state(Path(d) / STATE_FILE)
 
     last: dict[str, Any] = {}
 
@@ -149,7 +158,7 @@ register_experiment(
         name="cnnf",
         trainable=train_cnnf,
         config_cls=ExperimentConfig,
-        epoch_metrics=("train_loss", "train_ce", "train_recon", "train_acc", "val_acc", "seconds", "images_per_s"),
+        epoch_metrics=EPOCH_METRICS,
         final_metrics=(
             "val_clean_acc", "val_pgd_first_acc", "val_pgd_e2e_acc", "val_fgsm_acc", "val_min_acc", "val_checks_flagged",
             *(f"val_check_{i}_ok" for i in range(1, 9)),
@@ -229,11 +238,7 @@ def train_fl(config: dict[str, Any], *, base: FLConfig, cpus: float, gpus: float
     them); the trial selects with its quotas, generates, retrains (reporting
     each epoch with a checkpoint), then evaluates and searches the retrained
     model's margins."""
-    from ray import tune
-
-    for name in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    torch.set_num_threads(max(1, int(cpus)))
+    resume = _start_trial(cpus)
     cfg = apply_params(base, config)
     device = trial_device(cfg.train.device, gpus)
     cfg = replace(cfg, train=replace(cfg.train, device=device),
@@ -246,11 +251,6 @@ def train_fl(config: dict[str, Any], *, base: FLConfig, cpus: float, gpus: float
     base_reports = _base_reports(cfg, net, splits, stages)
     control_reports = _control_reports(cfg, net, splits, stages)
 
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            resume = load_train_state(Path(d) / STATE_FILE)
     last: dict[str, Any] = {}
 
     def on_epoch(result: EpochResult, state: TrainState) -> None:
@@ -297,7 +297,7 @@ register_experiment(
         name="fl",
         trainable=train_fl,
         config_cls=FLConfig,
-        epoch_metrics=("train_loss", "train_ce", "train_recon", "train_acc", "val_acc", "seconds", "images_per_s"),
+        epoch_metrics=EPOCH_METRICS,
         final_metrics=(*_fl_split_metrics("val_", True), *_fl_split_metrics("test_", False), *FL_MARGIN_METRICS,
                        *(f"base_{m}" for m in _fl_split_metrics("val_", False)),
                        *(f"control_{m}" for m in _fl_split_metrics("val_", False))),

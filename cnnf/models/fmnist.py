@@ -160,14 +160,17 @@ class LinearStage(Stage):
         return self.fc.feedback(s), None
 
 
-def _fmnist_standard(
-    ind: int, step_size: float, in_channels: int, n_classes: int, legal_inds: tuple[int, ...], recon_levels: Sequence[int]
+def standard_backbone(
+    ind: int, step_size: float, in_channels: int, n_classes: int, legal_inds: tuple[int, ...], recon_levels: Sequence[int],
+    widths: tuple[int, int, int] = (32, 64, 128),
 ) -> FeedbackNet:
+    """The B.1 layout; `widths` (conv1, conv2, FC) also builds narrower variants."""
+    c1, c2, fc = widths
     stages = [
-        ConvStage(in_channels, 32, 3, padding=0),  # level 0 -> 1, 28 -> 26
-        ConvStage(32, 64, 3, padding=0),  # level 1 -> 2, 26 -> 24
-        PoolFCStage(64, 12, 128),  # level 2 -> 3, 24 -> 12 -> 128
-        LinearStage(128, n_classes),  # level 3 -> logits
+        ConvStage(in_channels, c1, 3, padding=0),  # level 0 -> 1, 28 -> 26
+        ConvStage(c1, c2, 3, padding=0),  # level 1 -> 2, 26 -> 24
+        PoolFCStage(c2, 12, fc),  # level 2 -> 3, 24 -> 12 -> fc
+        LinearStage(fc, n_classes),  # level 3 -> logits
     ]
     return FeedbackNet(stages, ind=ind, step_size=step_size, legal_inds=legal_inds, recon_levels=recon_levels)
 
@@ -177,7 +180,7 @@ def cnnf_fmnist_std(
     ind: int = 0, step_size: float = 0.1, in_channels: int = 1, n_classes: int = 10, recon_levels: Optional[Sequence[int]] = None
 ) -> FeedbackNet:
     """The B.1 CNN-F; the paper trains it with pixel-level reconstruction (ind 0) only."""
-    return _fmnist_standard(ind, step_size, in_channels, n_classes, (0, 1, 2), resolve_recon_levels(recon_levels, (), ind))
+    return standard_backbone(ind, step_size, in_channels, n_classes, (0, 1, 2), resolve_recon_levels(recon_levels, (), ind))
 
 
 @register_model("cnn_fmnist_std", legal_inds=(0,), feedback=False, input_shape=(1, 28, 28), n_levels=4, recon_levels=())
@@ -185,7 +188,7 @@ def cnn_fmnist_std(
     ind: int = 0, step_size: float = 0.1, in_channels: int = 1, n_classes: int = 10, recon_levels: Optional[Sequence[int]] = None
 ) -> FeedbackNet:
     """The same backbone as a plain CNN: always run with 0 feedback iterations."""
-    return _fmnist_standard(ind, step_size, in_channels, n_classes, (0,), ())
+    return standard_backbone(ind, step_size, in_channels, n_classes, (0,), ())
 
 
 def _fmnist_adversarial(
