@@ -139,6 +139,11 @@ def centre_margins(net: FeedbackNet, splits: DataSplits, margins: Margins, stats
     return out
 
 
+def centre_images(splits: DataSplits, margins: Margins, stats: MarginStats) -> Tensor:
+    """The class-centre images (training images, input units), one per class that has one."""
+    return splits.train.x[margins.indices[stats.centre[stats.centre >= 0]]]
+
+
 def fl_suite(cfg: FLConfig):
     """The FL paper's attacks with cfg.eval's budgets, scoring the model as the search does."""
     e, exp = cfg.eval, cfg.base_experiment()

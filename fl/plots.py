@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from torch import Tensor
 
 from fl.stats import MarginStats
 
@@ -80,4 +81,25 @@ def class_robustness(stats: Sequence[tuple[str, MarginStats]], path: str | Path,
     ax.grid(True, axis="y", alpha=0.3)
     if title:
         ax.set_title(title)
+    return _save(fig, path)
+
+
+def class_centres(images: Tensor, margins: Sequence[tuple[str, Sequence[float]]], path: str | Path, *,
+                  title: Optional[str] = None) -> Path:
+    """The class-centre images (one per class, input units [-1, 1]) with their
+    mean margin under each model in the caption, e.g. "0: 0.41 → 0.47"."""
+    n = len(images)
+    if n == 0:
+        raise ValueError("class_centres: no images to plot")
+    fig = Figure(figsize=(max(1.3, 0.4 * len(margins) + 0.5) * n, 1.9), dpi=100)
+    FigureCanvasAgg(fig)
+    for c in range(n):
+        ax = fig.add_subplot(1, n, c + 1)
+        img = images[c].detach().cpu().float()
+        img = img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)
+        ax.imshow(((img + 1) / 2).clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_axis_off()
+        ax.set_title(f"{c}: " + " → ".join(f"{m[c]:.2f}" for _, m in margins), fontsize=7)
+    names = " → ".join(name for name, _ in margins)
+    fig.suptitle(title or f"class-centre images, mean margin ({names})", fontsize=8)
     return _save(fig, path)

@@ -25,8 +25,8 @@ from cnnf.tables import checks_table, cnnf_table
 from cnnf.train import EpochResult, TrainState, build_model, fit, load_train_state, save_train_state
 
 from fl.config import FLConfig
-from fl.pipeline import centre_margins, continue_training, evaluate_model, retrain, scored_model, search_margins, train_base
-from fl.plots import class_robustness, margin_heatmap
+from fl.pipeline import centre_images, centre_margins, continue_training, evaluate_model, retrain, scored_model, search_margins, train_base
+from fl.plots import class_centres, class_robustness, margin_heatmap
 from fl.stages import cached_stage, config_key
 from fl.stats import MarginStats, margin_stats, r_spread
 from fl.tables import adjacent_share_table, centre_table, fl_table, robustness_table
@@ -207,7 +207,7 @@ def _control_reports(cfg: FLConfig, net: torch.nn.Module, splits: Any, stages: O
 
 def _write_fl_report(cfg: FLConfig, base: dict[str, EvalReport], control: dict[str, EvalReport], trial: dict[str, EvalReport],
                      stats: list[tuple[str, MarginStats]], centre: list[tuple[str, list[float]]],
-                     variant_name: str) -> Callable[[Path], None]:
+                     centre_x: torch.Tensor, variant_name: str) -> Callable[[Path], None]:
     def write(folder: Path) -> None:
         def columns(split: str) -> list[tuple[str, list[EvalReport]]]:
             return [("original", [base[split]]), ("original + retraining", [control[split]]), (variant_name, [trial[split]])]
@@ -224,6 +224,7 @@ def _write_fl_report(cfg: FLConfig, base: dict[str, EvalReport], control: dict[s
         (folder / "evaluation.md").write_text("\n".join(text) + "\n")
         margin_heatmap(stats, folder / "margin_heatmap.png", title="mean margin (origin x adjacent class)")
         class_robustness(stats, folder / "class_robustness.png", title="class robustness R_i")
+        class_centres(centre_x, centre, folder / "class_centres.png")
         if trial["test"].curves:
             accuracy_vs_eps([("original", base["test"]), (variant_name, trial["test"])], folder / "fgsm_curve.png",
                             title="test accuracy vs FGSM strength")
@@ -275,7 +276,8 @@ def train_fl(config: dict[str, Any], *, base: FLConfig, cpus: float, gpus: float
               (variant.name, centre_margins(variant.net, splits, margins, stats, cfg).tolist())]
     extra = {"eval": [reports["val"].as_dict(), reports["test"].as_dict()], "plan": variant.plan.as_dict() if variant.plan else None,
              "margins": {name: s.as_dict() for name, s in all_stats}}
-    _report(metrics, state, cfg, extra, _write_fl_report(cfg, base_reports, control_reports, reports, all_stats, centre, variant.name))
+    _report(metrics, state, cfg, extra, _write_fl_report(cfg, base_reports, control_reports, reports, all_stats, centre,
+                                                        centre_images(splits, margins, stats), variant.name))
 
 
 def load_fl_model(checkpoint_dir: Path, cfg: FLConfig) -> tuple[torch.nn.Module, Any]:

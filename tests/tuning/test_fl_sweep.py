@@ -72,4 +72,4 @@ def test_trial_runs_carry_fl_metrics_and_reports(fl_sweep) -> None:
         assert m["n_generated"] > 0
         files = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
         assert {"report/evaluation.md", "report/margin_heatmap.png", "report/class_robustness.png",
-                "report/fgsm_curve.png"} <= files
+                "report/fgsm_curve.png", "report/class_centres.png"} <= files
