@@ -66,3 +66,65 @@ def test_attack_suite_script_runs(tmp_path: Path) -> None:
     assert {(f["model"], f["target"]) for f in figures["forward"]} == {
         ("cnnf_fmnist_adv", "first"), ("cnnf_fmnist_adv", "e2e"), ("cnnf_fmnist_adv", "e2e_bpda"),
         ("cnn_fmnist_adv", "first")}
+
+
+def _mnist_root() -> Path | None:
+    import os
+
+    for c in (os.environ.get("CNNF_DATA_ROOT"), "/work/shared/datasets", str(REPO.parent / "shared" / "datasets")):
+        if c and (Path(c) / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+            return Path(c)
+    return None
+
+
+@pytest.mark.slow
+def test_boundary_search_script_runs(tmp_path: Path) -> None:
+    script = str(REPO / "benchmarks" / "boundary_search.py")
+    missing = subprocess.run([sys.executable, script, "--data-root", str(tmp_path / "nowhere")],
+                             capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert missing.returncode != 0
+    last = missing.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in missing.stderr and last.startswith("boundary_search: MNIST not found under root")
+    assert str(tmp_path / "nowhere") in last
+    root = _mnist_root()
+    if root is None:
+        pytest.skip("MNIST not found ($CNNF_DATA_ROOT or ../shared/datasets)")
+    out = tmp_path / "boundary.json"
+    s, d = 4, 4
+    proc = subprocess.run(
+        [sys.executable, script, "--data-root", str(root), "--samples", str(s), "--directions", str(d), "--naive-samples", "2",
+         "--epochs", "1", "--n-train", "1000", "--reference-seconds", "0.1", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "bitwise identical" in proc.stdout
+    figures = json.loads(out.read_text())
+    rows = {r["what"]: r for r in figures["rows"]}
+    assert list(rows) == ["naive", "exact fp32", "exact bf16", "c2f fp32", "c2f bf16"]
+    searches, max_steps = s * 2 * d, figures["settings"]["max_steps"]
+    assert max_steps == 25 and figures["settings"]["naive_samples"] == 2
+    assert 0.0 < figures["model"]["test_accuracy"] <= 1.0
+    # Work is counted, not timed: the exact scan does the naive loop's forward passes (1 to 25 per search).
+    assert figures["exact_identical_to_naive"] is True
+    assert figures["naive_mismatches"] == {"margin": 0, "adjacent": 0}
+    assert figures["naive_forward_passes_match_exact"] and figures["exact_forward_passes_match_margins"]
+    assert rows["naive"]["samples"] == 2 and 2 * 2 * d <= rows["naive"]["forward_passes"] <= 2 * 2 * d * max_steps
+    exact = rows["exact fp32"]["forward_passes"]
+    assert searches <= exact <= searches * max_steps
+    assert figures["naive_on_all_samples"]["forward_passes"] == exact
+    assert rows["exact fp32"]["agreement"]["adjacent_agreement"] == 1.0
+    assert rows["exact fp32"]["agreement"]["margin_exact_share"] == 1.0
+    assert searches <= rows["exact bf16"]["forward_passes"] <= searches * max_steps
+    for what in ("c2f fp32", "c2f bf16"):  # coarse points every 5th step, then at most 3 bisection steps
+        assert searches <= rows[what]["forward_passes"] <= min(exact, searches * (5 + 3))
+    assert rows["c2f fp32"]["agreement"]["searches"] == searches
+    for what in ("exact bf16", "c2f fp32", "c2f bf16"):
+        a = rows[what]["agreement"]
+        assert 0.0 <= a["agreement_within_step"] <= a["adjacent_agreement"] <= 1.0
+        assert a["missed_flips"] + a["extra_flips"] + a["other_class"] == a["adjacent_mismatches"]
+    assert all(r["images_per_s"] > 0 and r["seconds_per_sample"] > 0 and r["speedup"] > 0 for r in rows.values())
+    assert 0.0 <= figures["na_share"] <= 1.0 and sum(figures["adjacent_shares"].values()) == pytest.approx(1.0)
+    assert figures["paper_scale"]["searches"] == 1500 * 784 * 2
+    assert [(t["what"], t["speedup_target"]) for t in figures["targets"]] == [
+        ("exact fp32", 2.0), ("exact bf16", 5.0), ("c2f fp32", 10.0), ("c2f bf16", 10.0)]
+    assert all(isinstance(t["passed"], bool) for t in figures["targets"])
