@@ -239,7 +239,8 @@ def main() -> None:
     parser.add_argument("--step", type=float, default=0.02, help="search step, [0, 1] pixel units (paper: 0.02)")
     parser.add_argument("--max-margin", type=float, default=0.5, help="search range, [0, 1] pixel units (paper: 0.5)")
     parser.add_argument("--coarse-factor", type=int, default=SearchConfig.coarse_factor, help="coarse_to_fine: fine steps per coarse step")
-    parser.add_argument("--batch-size", type=int, default=SearchConfig.batch_size, help="points per forward call of the batched scans")
+    parser.add_argument("--batch-size", type=int, default=None, help="points per forward call of the batched scans "
+                        "(default: SearchConfig's, 512 on a CPU, 16384 on a GPU)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=SearchConfig.channels_last,
                         help="memory layout of the batched scans")
     parser.add_argument("--c2f-bf16", action=argparse.BooleanOptionalAction, default=True, help="also coarse-to-fine under bf16")
@@ -297,7 +298,7 @@ def main() -> None:
     dirs = orthogonal_directions(args.directions, dim, args.seed).to(device)
     S, D = args.samples, args.directions
     print(f"search: {S} samples x {D} directions x 2 signs = {S * 2 * D} searches, step {step}, range {base.max_margin} "
-          f"({max_steps} steps), batch {base.batch_size}, channels_last {base.channels_last}, device {device}")
+          f"({max_steps} steps), batch {base.batch_for(device.type)}, channels_last {base.channels_last}, device {device}")
 
     # Reference: the model's own single-image forward rate.
     single_rate = single_image_rate(model, x, device, args.reference_seconds)
@@ -447,7 +448,7 @@ def main() -> None:
                           "test_images": len(splits.test), "train_seconds": train_seconds},
                 "settings": {"samples": S, "directions": D, "naive_samples": n_naive, "seconds": args.seconds,
                              "step": step, "max_margin": base.max_margin, "max_steps": max_steps,
-                             "coarse_factor": base.coarse_factor, "batch_size": base.batch_size,
+                             "coarse_factor": base.coarse_factor, "batch_size": base.batch_for(device.type),
                              "channels_last": base.channels_last, "repeats": args.repeats, "seed": args.seed},
                 "single_image_forward_per_s": single_rate,
                 "rows": [asdict(r) for r in rows],

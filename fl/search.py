@@ -219,7 +219,7 @@ def scan(model: nn.Module, x: Tensor, y: Tensor, directions: Tensor, cfg: Search
     predict = _Predictor(model, x.shape[1:], cfg.precision, cfg.channels_last)
     factor = 1 if cfg.mode == "exact" else cfg.coarse_factor
     first_k, adjacent, passes = _scan(predict, x, y, dirs, to_input_units(cfg.step), cfg.max_steps, factor,
-                                      cfg.batch_size, cfg.clip, progress)
+                                      cfg.batch_for(device.type), cfg.clip, progress)
     margin = torch.where(adjacent != NA, first_k.double() * cfg.step, cfg.max_margin).float()
     return Margins(margin.cpu(), adjacent.cpu(), y.cpu(), (indices if indices is not None else torch.arange(len(y))).cpu(),
                    cfg.step, cfg.max_margin, cfg.mode, passes, time.perf_counter() - t0)

@@ -126,3 +126,8 @@ def test_eval_config_normalises_sequences() -> None:
 @pytest.mark.parametrize("n, c, want", [(1500, 10, (150,) * 10), (10, 4, (3, 3, 2, 2)), (3, 4, (1, 1, 1, 0))])
 def test_samples_per_class(n: int, c: int, want: tuple[int, ...]) -> None:
     assert samples_per_class(n, c) == want and sum(want) == n
+
+
+def test_search_batch_defaults_by_device() -> None:
+    assert SearchConfig().batch_for("cpu") == 512 and SearchConfig().batch_for("cuda") == 16384
+    assert SearchConfig(batch_size=7).batch_for("cpu") == SearchConfig(batch_size=7).batch_for("cuda") == 7
