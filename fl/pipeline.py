@@ -27,7 +27,7 @@ from cnnf.data import ArrayDataset, DataSplits
 from cnnf.evaluate import EvalProgress, evaluate, fl_paper_suite
 from cnnf.models import FeedbackNet, InferenceModel
 from cnnf.report import EvalReport
-from cnnf.train import EpochCallback, EpochResult, TrainState, build_model, fit, resolve_device
+from cnnf.train import EpochCallback, EpochResult, FitResult, TrainState, build_model, fit, resolve_device
 from fl.config import FLConfig
 from fl.directions import orthogonal_directions
 from fl.search import Margins, Progress, boundary_search, scan
@@ -41,12 +41,17 @@ Log = Callable[[str], None]
 VARIANTS = ("original", "continued", "fl", "reduced_fl")
 
 
-def scored_model(net: FeedbackNet, cfg: FLConfig) -> nn.Module:
-    """The classifier the search and generation see: the base experiment's
-    evaluation iterations and prediction (a plain CNN: its single pass)."""
+def scoring(cfg: FLConfig) -> tuple[int, str]:
+    """(feedback iterations, prediction) of the scored classifier: the base
+    experiment's evaluation settings; a plain CNN scores its single pass."""
     exp = cfg.base_experiment()
     iterations = exp.eval_iterations
-    return InferenceModel(net, iterations, exp.eval.prediction if iterations > 0 else "first").eval()
+    return iterations, exp.eval.prediction if iterations > 0 else "first"
+
+
+def scored_model(net: FeedbackNet, cfg: FLConfig) -> nn.Module:
+    """The classifier the search and generation see (`scoring`)."""
+    return InferenceModel(net, *scoring(cfg)).eval()
 
 
 def train_base(cfg: FLConfig, splits: DataSplits, *, stage_dir: Optional[Path] = None,
@@ -113,8 +118,7 @@ def retrain(net: FeedbackNet, splits: DataSplits, margins: Margins, stats: Margi
     x = splits.train.x[margins.indices]
     generated = generate(x, margins, directions_of(margins, cfg, splits.input_shape), plan, sel, clip=cfg.search.clip)
     train = ArrayDataset(torch.cat([splits.train.x, generated.x]), torch.cat([splits.train.y, generated.y]))
-    init = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-    result = fit(cfg.retrain_experiment(), replace(splits, train=train), callback=callback, init=init, resume=resume)
+    result = _retrain_from(net, replace(splits, train=train), cfg, callback, resume)
     per_class = tuple(torch.bincount(generated.y, minlength=splits.n_classes).tolist())
     return Variant("reduced_fl" if sel.equal_quotas else "fl", result.model, result.history, plan, len(generated), per_class)
 
@@ -122,9 +126,15 @@ def retrain(net: FeedbackNet, splits: DataSplits, margins: Margins, stats: Margi
 def continue_training(net: FeedbackNet, splits: DataSplits, cfg: FLConfig, *,
                       callback: Optional[EpochCallback] = None) -> Variant:
     """The control of FL: the retraining schedule on the original images alone."""
-    init = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-    result = fit(cfg.retrain_experiment(), splits, callback=callback, init=init)
+    result = _retrain_from(net, splits, cfg, callback, None)
     return Variant("continued", result.model, result.history)
+
+
+def _retrain_from(net: FeedbackNet, splits: DataSplits, cfg: FLConfig, callback: Optional[EpochCallback],
+                  resume: Optional[TrainState]) -> FitResult:
+    """cfg.retrain's schedule on splits.train, starting from net's weights."""
+    init = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    return fit(cfg.retrain_experiment(), splits, callback=callback, init=init, resume=resume)
 
 
 def centre_margins(net: FeedbackNet, splits: DataSplits, margins: Margins, stats: MarginStats, cfg: FLConfig) -> Tensor:
@@ -146,12 +156,12 @@ def centre_images(splits: DataSplits, margins: Margins, stats: MarginStats) -> T
 
 def fl_suite(cfg: FLConfig):
     """The FL paper's attacks with cfg.eval's budgets, scoring the model as the search does."""
-    e, exp = cfg.eval, cfg.base_experiment()
-    iterations = exp.eval_iterations
+    e = cfg.eval
+    iterations, prediction = scoring(cfg)
     return fl_paper_suite(e.eps_linf, l2_eps=e.l2_eps, noise_eps=e.noise_eps, noise_sigma=e.noise_sigma,
                           fgsm_grid=e.fgsm_grid, n_examples=e.n_examples, seeds=e.seeds, checks=e.checks,
                           check_examples=e.check_examples, batch_size=e.batch_size, n_iterations=iterations,
-                          prediction=exp.eval.prediction if iterations > 0 else "first")
+                          prediction=prediction)
 
 
 def evaluate_model(net: FeedbackNet, splits: DataSplits, cfg: FLConfig, *, split_names: Sequence[str] = ("val", "test"),

@@ -287,8 +287,3 @@ def boundary_search(model: nn.Module, data: ArrayDataset, cfg: SearchConfig, n_c
 
     return cached_stage(Path(cache_dir) if cache_dir is not None else None, "margins", fp, compute,
                         Margins.save, Margins.load, log)
-
-
-def search_directions(margins_or_cfg: SearchConfig, dim: int) -> Tensor:
-    """The directions a search with these settings used (recomputed from the seed)."""
-    return orthogonal_directions(margins_or_cfg.n_directions or dim, dim, margins_or_cfg.seed)
