@@ -104,6 +104,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls/convs to bfloat16, weights and optimizer stay fp32
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    init_from_cnn: bool = False  # start from the plain CNN of the same backbone, trained with these settings (0 iterations)
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
@@ -157,6 +158,11 @@ class EvalConfig:
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
 
 
+def plain_twin(arch: str) -> str:
+    """The plain CNN registered for a CNN-F backbone: cnnf_<x> -> cnn_<x>."""
+    return "cnn_" + arch[len("cnnf_"):] if arch.startswith("cnnf_") else arch
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """One CNN-F training + evaluation run; the `base` of a `cnnf` sweep."""
@@ -181,6 +187,12 @@ class ExperimentConfig:
             require(self.train.n_iterations == 0, "train.n_iterations", f"must be 0 for the plain CNN {self.model.arch}")
             require(self.eval.n_iterations in (None, 0), "eval.n_iterations", f"must be 0 for the plain CNN {self.model.arch}")
             require(not self.model.recon_levels, "model.recon_levels", f"must be unset for the plain CNN {self.model.arch}")
+            require(not self.train.init_from_cnn, "train.init_from_cnn", f"{self.model.arch} is itself the plain CNN")
+        elif self.train.init_from_cnn:
+            from cnnf.models import model_names
+
+            twin = plain_twin(self.model.arch)
+            require(twin in model_names(), "train.init_from_cnn", f"{self.model.arch} has no plain CNN twin (expected {twin!r})")
 
     @property
     def eval_iterations(self) -> int:

@@ -112,6 +112,21 @@ class EvalReport:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "EvalReport":
+        """The inverse of as_dict (after a JSON round trip: lists back to tuples)."""
+        def attack(a: dict) -> AttackResult:
+            return AttackResult(**{**a, "per_seed": tuple(a["per_seed"])})
+
+        def curve(c: dict) -> Curve:
+            return Curve(**{**c, "eps": tuple(c["eps"]), "acc": tuple(c["acc"]), "std": tuple(c["std"])})
+
+        def check(c: dict) -> Check:
+            return Check(**{**c, "numbers": tuple((str(k), float(v)) for k, v in c["numbers"])})
+
+        return cls(**{**d, "seeds": tuple(d["seeds"]), "attacks": tuple(attack(a) for a in d["attacks"]),
+                      "curves": tuple(curve(c) for c in d["curves"]), "checks": tuple(check(c) for c in d["checks"])})
+
 
 def metric_name(label: str) -> str:
     """'pgd_linf/e2e_bpda' -> 'pgd_linf_e2e_bpda' (tracker-safe)."""

@@ -109,6 +109,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+def transfer_source(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config that trains the plain CNN a CNN-F with train.init_from_cnn
+    starts from: the same data and training settings, the backbone's plain
+    twin, 0 feedback iterations. Fields that cannot matter at 0 iterations
+    (ind, step size, reconstruction) are normalised, so trials that differ
+    only in them share one source."""
+    from cnnf.config import ModelConfig, plain_twin
+
+    model = ModelConfig(arch=plain_twin(cfg.model.arch))
+    train = dataclasses.replace(cfg.train, n_iterations=0, init_from_cnn=False, recon_coef=0.0, clean_coef=1.0)
+    return dataclasses.replace(cfg, model=model, train=train, eval=dataclasses.replace(cfg.eval, n_iterations=None))
+
+
 def build_model(cfg: ExperimentConfig) -> FeedbackNet:
     """An untrained model for cfg.model, sized for cfg.data's dataset."""
     return create_model(

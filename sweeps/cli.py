@@ -48,16 +48,68 @@ def validate(file: Path = typer.Argument(..., help="sweep YAML file")) -> None:
         err.print(f"error: {file}: base.data: {exc}", soft_wrap=True)
         raise typer.Exit(EXIT_INVALID) from None
     params = ", ".join(c.space)
+    objective = ", ".join(f"{m} ({d})" for m, d in zip(c.search.metrics, c.search.modes))
+    extras = [f"{c.search.replicates} seeds each"] if c.search.replicates > 1 else []
+    extras += [f"scheduler {c.scheduler.name}"] if c.scheduler.name != "fifo" else []
     out.print(f"ok: {file}: sweep {c.name!r}, {c.search.num_trials} {c.experiment} trials "
-              f"({c.search.max_concurrent} at a time) over {params}; objective {c.search.metric} ({c.search.mode})", soft_wrap=True)
+              f"({c.search.max_concurrent} at a time{''.join(', ' + e for e in extras)}) over {params}; "
+              f"objective {objective}; sampler {c.search.sampler}", soft_wrap=True)
+
+
+ROOT_HELP = "folder holding the sweeps (the spec's output_dir)"
+
+
+def _outcome(outcome) -> None:  # SweepOutcome -> exit code
+    out.print()
+    state = "interrupted" if outcome.status == "KILLED" else outcome.status.lower()
+    pruned = f", {outcome.n_pruned} stopped early" if outcome.n_pruned else ""
+    out.print(f"sweep {outcome.sweep_id} {state}: {outcome.n_finished} of {outcome.n_requested} trials finished{pruned}, "
+              f"{outcome.n_failed} failed; outputs in {outcome.output_dir}", style="bold", soft_wrap=True)
+    if outcome.stop_reason:
+        out.print(f"stopped early: {outcome.stop_reason}", soft_wrap=True)
+    if outcome.best is not None:
+        std = outcome.best.metrics.get(f"{outcome.metric}_std")
+        value = f"{outcome.best.value:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+        out.print(f"best trial {outcome.best.trial_id}: {outcome.metric}={value} ({outcome.mode}) with {_params(outcome.best.params)}",
+                  soft_wrap=True)
+    if outcome.pareto:
+        metrics = outcome.metric.split(",")
+        out.print(f"Pareto front ({outcome.metric}; {outcome.mode}): {len(outcome.pareto)} trials", soft_wrap=True)
+        for t in outcome.pareto:
+            values = ", ".join(f"{m}={t.metrics[m]:.4f}" for m in metrics)
+            out.print(f"  trial {t.trial_id}: {values} with {_params(t.params)}", soft_wrap=True)
+    if outcome.best is not None or outcome.pareto:
+        out.print("open it in the MLflow UI:", soft_wrap=True)
+        out.print(f"  {outcome.ui_command}", soft_wrap=True)
+        if outcome.best_url:
+            out.print(f"  then browse {outcome.best_url}", soft_wrap=True)
+    if outcome.status == "KILLED":
+        out.print(f"the finished trials are recorded; continue with: sweep resume {outcome.sweep_id} -o {outcome.output_dir.parent}",
+                  soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if outcome.best is None and not outcome.pareto:
+        err.print("error: no trial finished with the objective; see the trial errors above")
+        raise typer.Exit(EXIT_FAILED)
+    if outcome.n_failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _params(params: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"error: {exc}", soft_wrap=True)
+    raise typer.Exit(EXIT_INVALID) from None
 
 
 @app.command()
 def launch(
     file: Path = typer.Argument(..., help="sweep YAML file"),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="override the spec's output_dir"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (auto, ray://HOST:PORT); default: a local Ray"),
 ) -> None:
-    """Run a sweep on a local Ray instance and record it in MLflow."""
+    """Run a sweep (Ray Tune + Optuna) and record it in MLflow."""
     import dataclasses
 
     loaded = _load(file)
@@ -69,29 +121,106 @@ def launch(
     from tuning.runner import LaunchError, launch_sweep
 
     try:
-        outcome = launch_sweep(config, loaded.text, spec_path=file.resolve())
+        outcome = launch_sweep(config, loaded.text, spec_path=file.resolve(), address=address)
     except (DataNotFoundError, LaunchError) as exc:
-        err.print(f"error: {exc}", soft_wrap=True)
-        raise typer.Exit(EXIT_INVALID) from None
+        _fail(exc)
+    _outcome(outcome)
 
-    out.print()
-    state = "interrupted" if outcome.status == "KILLED" else outcome.status.lower()
-    out.print(f"sweep {outcome.sweep_id} {state}: {outcome.n_finished} of {outcome.n_requested} trials finished, "
-              f"{outcome.n_failed} failed; outputs in {outcome.output_dir}", style="bold", soft_wrap=True)
-    if outcome.best is not None:
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in outcome.best.params.items())
-        out.print(f"best trial {outcome.best.trial_id}: {outcome.metric}={outcome.best.value:.4f} ({outcome.mode}) with {params}", soft_wrap=True)
-        out.print("open it in the MLflow UI:", soft_wrap=True)
-        out.print(f"  {outcome.ui_command}", soft_wrap=True)
-        out.print(f"  then browse {outcome.best_url}", soft_wrap=True)
-    if outcome.status == "KILLED":
-        out.print("the finished trials are recorded; an interrupted sweep cannot be resumed yet, launch it again", soft_wrap=True)
-        raise typer.Exit(EXIT_INTERRUPTED)
-    if outcome.best is None:
-        err.print("error: no trial finished with the objective; see the trial errors above")
-        raise typer.Exit(EXIT_FAILED)
-    if outcome.n_failed:
-        raise typer.Exit(EXIT_FAILED)
+
+@app.command()
+def resume(
+    name: str = typer.Argument(..., help="sweep id (<name>-<timestamp>), name (its latest launch) or folder"),
+    spec: Optional[Path] = typer.Option(None, "--spec", help="refuse unless this spec equals the one the sweep was launched with"),
+    output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o", help=ROOT_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join; default: a local Ray"),
+) -> None:
+    """Finish an interrupted sweep: exactly the requested trials, none twice, unfinished ones from their checkpoints."""
+    from cnnf.data import DataNotFoundError
+    from sweeps.spec import SpecError
+    from tuning.runner import LaunchError, find_sweep, resume_sweep
+
+    try:
+        folder = find_sweep(name, output_dir)
+        text = spec.read_text() if spec is not None else None
+        outcome = resume_sweep(folder, spec_text=text, spec_file=str(spec), address=address)
+    except (DataNotFoundError, LaunchError, SpecError, OSError) as exc:
+        _fail(exc)
+    _outcome(outcome)
+
+
+@app.command()
+def stop(
+    name: str = typer.Argument(..., help="sweep id, name or folder"),
+    output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o", help=ROOT_HELP),
+) -> None:
+    """Stop a running sweep gracefully (it can be resumed)."""
+    from tuning.runner import LaunchError, find_sweep, stop_sweep
+
+    try:
+        out.print(stop_sweep(find_sweep(name, output_dir)), soft_wrap=True)
+    except LaunchError as exc:
+        _fail(exc)
+
+
+@app.command()
+def status(
+    name: str = typer.Argument(..., help="sweep id, name or folder"),
+    output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o", help=ROOT_HELP),
+) -> None:
+    """Trials by state and the best so far."""
+    from tuning.runner import LaunchError, find_sweep, sweep_info
+
+    try:
+        info = sweep_info(find_sweep(name, output_dir))
+    except LaunchError as exc:
+        _fail(exc)
+    driver = f", driver pid {info.driver_pid}" if info.driver_pid else ""
+    out.print(f"sweep {info.sweep_id}: {info.status}{driver}; folder {info.path}", style="bold", soft_wrap=True)
+    c = info.counts
+    out.print(f"trials: {c.get('COMPLETE', 0)} complete, {c.get('PRUNED', 0)} pruned, {c.get('FAIL', 0)} failed, "
+              f"{c.get('RUNNING', 0)} running, of {info.n_requested} requested", soft_wrap=True)
+    if info.best is not None:
+        number, values, params = info.best
+        shown = ", ".join(f"{m}={v:.4f} ({d})" for m, v, d in zip(info.metrics, values, info.modes))
+        label = "best so far" if len(info.metrics) == 1 else "a Pareto-optimal trial"
+        out.print(f"{label}: trial {number}: {shown} with {_params(params)}", soft_wrap=True)
+    if info.status == "DEAD":
+        out.print(f"the driver died; continue with: sweep resume {info.sweep_id} -o {info.path.parent}", soft_wrap=True)
+
+
+@app.command("ls")
+def list_(output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o", help=ROOT_HELP)) -> None:
+    """The sweeps under the output folder."""
+    from rich.table import Table
+
+    from tuning.runner import list_sweeps
+
+    infos = list_sweeps(output_dir)
+    if not infos:
+        out.print(f"no sweeps under {output_dir}")
+        return
+    table = Table("sweep", "status", "complete", "pruned", "failed", "requested", "objective", "best")
+    for i in infos:
+        best = "-" if i.best is None else ", ".join(f"{v:.4f}" for v in i.best[1]) + f" (trial {i.best[0]})"
+        table.add_row(i.sweep_id, i.status, str(i.counts.get("COMPLETE", 0)), str(i.counts.get("PRUNED", 0)),
+                      str(i.counts.get("FAIL", 0)), str(i.n_requested), ",".join(i.metrics), best)
+    out.print(table)
+
+
+@app.command()
+def report(
+    name: str = typer.Argument(..., help="sweep id, name or folder"),
+    output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o", help=ROOT_HELP),
+) -> None:
+    """Write the sweep's Markdown report (paper-format tables, best configurations, Pareto front) and log it to MLflow."""
+    from tuning.report import build_report
+    from tuning.runner import LaunchError, find_sweep
+
+    try:
+        path = build_report(find_sweep(name, output_dir))
+    except LaunchError as exc:
+        _fail(exc)
+    out.print(f"report: {path} (also on the sweep's MLflow parent run under report/)", soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create
 from cnnf.config import ConfigError
 from tuning.config import SweepConfig
 from tuning.experiments import ExperimentKind, experiment_kind, experiment_names
-from tuning.space import Choice, IntRange, LogUniform, ParamSpec, Uniform, apply_params, boundary_values, field_paths
+from tuning.space import Choice, Condition, Grid, IntRange, LogUniform, ParamSpec, Uniform, apply_params, boundary_values, field_paths, grid_size
 
 Path_ = tuple[str, ...]
 
@@ -195,8 +195,10 @@ def _valid_keys(cls: type, path: Path_ = ()) -> dict[Path_, list[str]]:
 
 # --- space ---------------------------------------------------------------------
 
-_DISTRIBUTIONS = {"uniform": Uniform, "loguniform": LogUniform, "int": IntRange, "choice": Choice}
+_DISTRIBUTIONS = {"uniform": Uniform, "loguniform": LogUniform, "int": IntRange, "choice": Choice, "grid": Grid}
 _INT_OPTIONS = {"step", "log"}
+_FORMS = ("{uniform: [low, high]}, {loguniform: [low, high]}, {int: [low, high]} (options step, log), "
+          "{choice: [v1, v2, ...]} or {grid: [v1, v2, ...]}, each optionally with when: {earlier.param: value or [values]}")
 
 
 def _is_number(v: Any) -> bool:
@@ -205,22 +207,22 @@ def _is_number(v: Any) -> bool:
 
 def _param_spec(raw: Any, err: Any) -> ParamSpec:
     """One `space` entry, e.g. {loguniform: [0.01, 0.5]} or {choice: [0, 1, 2]}."""
-    forms = "{uniform: [low, high]}, {loguniform: [low, high]}, {int: [low, high]} (options step, log) or {choice: [v1, v2, ...]}"
+    forms = _FORMS
     if not isinstance(raw, dict):
         raise err((), f"expected one of {forms}, got {raw!r}")
     kinds = [k for k in raw if k in _DISTRIBUTIONS]
-    unknown = [k for k in raw if k not in _DISTRIBUTIONS and not (k in _INT_OPTIONS and "int" in raw)]
+    unknown = [k for k in raw if k not in _DISTRIBUTIONS and k != "when" and not (k in _INT_OPTIONS and "int" in raw)]
     if unknown:
         raise err((unknown[0],), f"unknown key; expected one of {forms}")
     if len(kinds) != 1:
         raise err((), f"give exactly one distribution, got {kinds or 'none'}; expected one of {forms}")
     kind, arg = kinds[0], raw[kinds[0]]
-    if kind == "choice":
+    if kind in ("choice", "grid"):
         if not isinstance(arg, list) or not arg or any(isinstance(v, (list, dict)) for v in arg):
             raise err((kind,), f"expected a non-empty list of scalar values, got {arg!r}")
         if len({repr(v) for v in arg}) != len(arg):
             raise err((kind,), f"values must be distinct, got {arg!r}")
-        return Choice(tuple(arg))
+        return (Choice if kind == "choice" else Grid)(tuple(arg))
     if not (isinstance(arg, list) and len(arg) == 2 and all(_is_number(v) for v in arg)):
         raise err((kind,), f"expected [low, high] as two numbers, got {arg!r}")
     low, high = arg
@@ -256,6 +258,8 @@ def _check_space(space_raw: Any, base: Any, base_cls: type, lines: _Lines, file:
             suggestion = f"did you mean {hint[0]!r}? " if hint else ""
             raise err((), f"unknown parameter; {suggestion}parameters are dotted paths into base, one of: {', '.join(paths)}")
         spec = _param_spec(raw, err)
+        if isinstance(raw, dict) and "when" in raw:
+            spec = dataclasses.replace(spec, when=_condition(raw["when"], space, err))
         adapter = TypeAdapter(hints[name], config=ConfigDict(strict=True))
         for value in boundary_values(spec):
             try:
@@ -271,6 +275,61 @@ def _check_space(space_raw: Any, base: Any, base_cls: type, lines: _Lines, file:
                 raise err((), f"value {value!r} is not allowed: {exc.message}") from None
         space[name] = spec
     return space
+
+
+def _condition(raw: Any, earlier: dict[str, ParamSpec], err: Any) -> Condition:
+    """when: {parent: value} or {parent: [values]}; the parent is a parameter listed before this one."""
+    if not isinstance(raw, dict) or len(raw) != 1:
+        raise err(("when",), f"expected one earlier parameter and its value(s), e.g. when: {{train.n_iterations: [2, 3]}}, got {raw!r}")
+    parent, values = next(iter(raw.items()))
+    parent = str(parent)
+    if parent not in earlier:
+        listed = ", ".join(earlier) or "none"
+        raise err(("when", parent), f"must name a parameter listed before this one in space (listed before: {listed})")
+    values = values if isinstance(values, list) else [values]
+    spec = earlier[parent]
+    if isinstance(spec, (Choice, Grid)):
+        bad = [v for v in values if v not in spec.values]
+        if bad or not values:
+            raise err(("when", parent), f"values {bad or values} are not among {parent}'s values {list(spec.values)}")
+    elif isinstance(spec, IntRange):
+        bad = [v for v in values if not (isinstance(v, int) and spec.low <= v <= spec.high)]
+        if bad or not values:
+            raise err(("when", parent), f"values {bad or values} are outside {parent}'s range [{spec.low}, {spec.high}]")
+    else:
+        raise err(("when", parent), f"{parent} is continuous; a condition needs a choice, grid or int parameter")
+    return Condition(parent, tuple(values))
+
+
+def _check_search(config: SweepConfig, kind: ExperimentKind, lines: _Lines, file: str) -> None:
+    """What only the whole spec can tell: the sampler against the space, the
+    scheduler's metric, the budget's target."""
+    s, space = config.search, config.space
+
+    def fail(path: Path_, message: str) -> SpecError:
+        return SpecError(file, lines.of(path, key=False), ".".join(path), message)
+
+    if s.sampler == "grid":
+        bad = [n for n, p in space.items() if not isinstance(p, (Choice, Grid))]
+        if bad:
+            raise fail(("space", bad[0]), "the grid sampler enumerates values: give {grid: [...]} or {choice: [...]}")
+        conditional = [n for n, p in space.items() if p.when is not None]
+        if conditional:
+            raise fail(("space", conditional[0], "when"), "the grid sampler takes no conditional parameters")
+        size = grid_size(space)
+        if s.num_trials > size:
+            raise fail(("search", "num_trials"), f"the grid has {size} configurations; num_trials must be at most {size}")
+    else:
+        grids = [n for n, p in space.items() if isinstance(p, Grid)]
+        if grids:
+            raise fail(("space", grids[0]), f"grid values are enumerated by sampler: grid only; with sampler {s.sampler!r} use {{choice: [...]}}")
+    if config.scheduler.name != "fifo":
+        metric = config.scheduler_metric[0]
+        if metric not in kind.epoch_metrics:
+            where = ("scheduler", "metric") if config.scheduler.metric else ("search", "metric")
+            raise fail(where, f"the {config.scheduler.name} scheduler compares trials epoch by epoch, but {metric!r} is "
+                              f"reported only at the end; use one of: {', '.join(m for m in kind.epoch_metrics)}"
+                              + (" (set scheduler.metric)" if not config.scheduler.metric else ""))
 
 
 def _leaf_hints(cls: type, prefix: str = "") -> dict[str, Any]:
@@ -331,16 +390,20 @@ def parse_sweep(text: str, file: str = "<sweep>", path: Optional[Path] = None) -
         config = _build(SweepConfig, model, (), extra={"name": name, "experiment": kind_name, "base": base, "space": space})
     except _ConfigErrorAt as exc:
         raise SpecError(file, lines.of(exc.path, key=False), ".".join(exc.path), exc.message) from None
-    _check_metric(config, kind, lines, file)
+    for metric in config.search.metrics:
+        _check_metric(metric, ("search", "metric"), kind, lines, file)
+    if config.scheduler.metric is not None:
+        _check_metric(config.scheduler.metric, ("scheduler", "metric"), kind, lines, file)
+    _check_search(config, kind, lines, file)
     return LoadedSweep(config, text, path or Path(file))
 
 
-def _check_metric(config: SweepConfig, kind: ExperimentKind, lines: _Lines, file: str) -> None:
-    metric = config.search.metric
-    line = lines.of(("search", "metric"), key=False)
+def _check_metric(metric: str, where: Path_, kind: ExperimentKind, lines: _Lines, file: str) -> None:
+    line = lines.of(where, key=False)
+    key = ".".join(where)
     if metric.startswith("test_") and metric in kind.metrics:
-        raise SpecError(file, line, "search.metric",
+        raise SpecError(file, line, key,
                         f"{metric!r} is measured on the test set, which must never drive selection; use its validation twin {'val_' + metric[5:]!r}")
     if metric not in kind.objective_metrics():
-        raise SpecError(file, line, "search.metric",
+        raise SpecError(file, line, key,
                         f"unknown metric {metric!r} for experiment {kind.name!r}; expected one of: {', '.join(kind.objective_metrics())}")

@@ -18,6 +18,8 @@ from cnnf.registry import Registry
 # A trainable may write files (evaluation tables, plots) into this folder of
 # its final checkpoint; the tracker logs them as the trial run's artifacts.
 REPORT_DIR = "report"
+TRIAL_KEY = "_trial"  # the Optuna trial number, in each Tune trial's config (not a config field)
+FINAL_KEY = "final_report"  # true in the report of a trial that ran to its end (absent: stopped early)
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class ExperimentKind:
     preflight: Callable[[Any], None]  # raises before launch if a trial could not start (data missing)
     load_model: Callable[[Path, Any], tuple[Any, Any]]  # (checkpoint dir, config) -> (torch module, input example)
     describe_eval: Callable[[Any], str]  # one line on what the final metrics measure, with units
+    epochs_path: str = "train.epochs"  # dotted path of the epochs a trial reports (the schedulers' max_t)
 
     @property
     def metrics(self) -> tuple[str, ...]:

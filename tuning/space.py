@@ -9,19 +9,33 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Sample a parameter only when an earlier parameter took one of `values`;
+    otherwise the base config's value stays (and the parameter is not logged)."""
+
+    parent: str
+    values: tuple[Any, ...]
+
+    def holds(self, sampled: Mapping[str, Any]) -> bool:
+        return self.parent in sampled and sampled[self.parent] in self.values
 
 
 @dataclass(frozen=True)
 class Uniform:
     low: float
     high: float
+    when: Optional[Condition] = None
 
 
 @dataclass(frozen=True)
 class LogUniform:
     low: float
     high: float
+    when: Optional[Condition] = None
 
 
 @dataclass(frozen=True)
@@ -30,38 +44,56 @@ class IntRange:
     high: int
     step: int = 1
     log: bool = False
+    when: Optional[Condition] = None
 
 
 @dataclass(frozen=True)
 class Choice:
     values: tuple[Any, ...]
+    when: Optional[Condition] = None
 
 
-ParamSpec = Union[Uniform, LogUniform, IntRange, Choice]
+@dataclass(frozen=True)
+class Grid:
+    """Values that a grid sampler enumerates exhaustively (other samplers treat them as a choice)."""
+
+    values: tuple[Any, ...]
+    when: Optional[Condition] = None
+
+
+ParamSpec = Union[Uniform, LogUniform, IntRange, Choice, Grid]
+
+
+def grid_size(space: Mapping[str, ParamSpec]) -> int:
+    """Configurations of a grid over categorical parameters (choice or grid)."""
+    n = 1
+    for spec in space.values():
+        n *= len(spec.values)  # type: ignore[union-attr]
+    return n
+
+
+def optuna_distribution(spec: ParamSpec) -> Any:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(spec, Uniform):
+        return FloatDistribution(spec.low, spec.high)
+    if isinstance(spec, LogUniform):
+        return FloatDistribution(spec.low, spec.high, log=True)
+    if isinstance(spec, IntRange):
+        return IntDistribution(spec.low, spec.high, step=spec.step, log=spec.log)
+    return CategoricalDistribution(spec.values)
 
 
 def boundary_values(spec: ParamSpec) -> list[Any]:
     """Values every config in the space must accept: both ends, or every choice."""
-    if isinstance(spec, Choice):
+    if isinstance(spec, (Choice, Grid)):
         return list(spec.values)
     return [spec.low, spec.high]
 
 
 def to_optuna(space: Mapping[str, ParamSpec]) -> dict[str, Any]:
     """Optuna distributions, keyed by the dotted parameter names."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    out: dict[str, Any] = {}
-    for name, spec in space.items():
-        if isinstance(spec, Uniform):
-            out[name] = FloatDistribution(spec.low, spec.high)
-        elif isinstance(spec, LogUniform):
-            out[name] = FloatDistribution(spec.low, spec.high, log=True)
-        elif isinstance(spec, IntRange):
-            out[name] = IntDistribution(spec.low, spec.high, step=spec.step, log=spec.log)
-        else:
-            out[name] = CategoricalDistribution(spec.values)
-    return out
+    return {name: optuna_distribution(spec) for name, spec in space.items()}
 
 
 def field_paths(config: Any, prefix: str = "") -> list[str]:
@@ -84,6 +116,8 @@ def apply_params(config: Any, params: Mapping[str, Any]) -> Any:
     nested: dict[str, dict[str, Any]] = {}
     direct: dict[str, Any] = {}
     for path, value in params.items():
+        if path.startswith("_"):  # bookkeeping keys of the sweep (the trial number), not config fields
+            continue
         head, _, rest = path.partition(".")
         if rest:
             nested.setdefault(head, {})[rest] = value

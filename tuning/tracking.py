@@ -20,40 +20,48 @@ from typing import Any, Optional
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from tuning.experiments import REPORT_DIR, ExperimentKind
-from tuning.space import Choice, IntRange, LogUniform, ParamSpec, apply_params
+from tuning.experiments import FINAL_KEY, REPORT_DIR, TRIAL_KEY, ExperimentKind
+from tuning.space import Choice, Grid, IntRange, LogUniform, ParamSpec, apply_params
 
 TRIAL_ID_TAG = "ray.trial_id"
+TRIAL_NUMBER_TAG = "optuna.trial"  # the trial's identity across retries and resumes
+STATE_TAG = "trial.state"  # COMPLETE | PRUNED | FAILED, as told to Optuna
 SWEEP_ID_TAG = "sweep.id"
 PARENT_TAG = "mlflow.parentRunId"
 
 
 @dataclass(frozen=True)
 class TrialRecord:
-    """What the driver knows about one finished (or failed) trial."""
+    """What the MLflow store holds about one trial (a configuration)."""
 
-    trial_id: str
+    trial_id: str  # the Optuna trial number, stable across resumes
     run_id: str
-    status: str  # FINISHED | FAILED
+    status: str  # FINISHED | FAILED | KILLED | RUNNING (the MLflow run status)
     params: dict[str, Any]
-    metrics: dict[str, float]  # the last reported value of each metric
+    metrics: dict[str, float]  # the last logged value of each metric
+    state: str = ""  # COMPLETE | PRUNED | FAILED ('' while running)
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "FINISHED" and self.state != "PRUNED"
 
 
 class SweepTracker:
     """Owns the MLflow client, the experiment and the sweep's parent run."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_location: Optional[str] = None):
+    def __init__(self, tracking_uri: str, experiment: str, artifact_location: Optional[str] = None,
+                 experiment_id: Optional[str] = None):
         import mlflow
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
         mlflow.set_tracking_uri(tracking_uri)  # the fluent API is used to log models
         self.client = MlflowClient(tracking_uri)
-        found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = (
-            found.experiment_id if found is not None
-            else self.client.create_experiment(experiment, artifact_location=artifact_location)
-        )
+        if experiment_id is None:
+            found = self.client.get_experiment_by_name(experiment)
+            experiment_id = (found.experiment_id if found is not None
+                             else self.client.create_experiment(experiment, artifact_location=artifact_location))
+        self.experiment_id = experiment_id
         self.parent_run_id: Optional[str] = None
 
     def start_parent(self, run_name: str, params: dict[str, Any], tags: dict[str, str], artifacts: list[Path]) -> str:
@@ -67,6 +75,37 @@ class SweepTracker:
     def run_url(self, run_id: str) -> str:
         return f"#/experiments/{self.experiment_id}/runs/{run_id}"
 
+    def children(self) -> list[Any]:
+        """Every child run of the parent (all pages)."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
+                                           max_results=1000, page_token=token)
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def records(self) -> list[TrialRecord]:
+        """The trials as the MLflow store has them, ordered by trial number."""
+        out = []
+        for run in self.children():
+            tags = run.data.tags
+            number = tags.get(TRIAL_NUMBER_TAG, "")
+            out.append(TrialRecord(number, run.info.run_id, run.info.status, _parse_params(run.data.params),
+                                   dict(run.data.metrics), tags.get(STATE_TAG, "")))
+        return sorted(out, key=lambda r: (int(r.trial_id) if r.trial_id.isdigit() else 1 << 30, r.run_id))
+
+
+def _parse_params(params: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        try:
+            out[k] = json.loads(v) if v not in ("True", "False") else v == "True"
+        except ValueError:
+            out[k] = v
+    return out
+
 
 def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
@@ -75,60 +114,134 @@ def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
 
 
 class MlflowTrialCallback(Callback):
-    """Tune callback writing each trial to a child run of the sweep's parent run."""
+    """Tune callback writing each trial to a child run of the sweep's parent run.
 
-    def __init__(self, tracker: SweepTracker, kind: ExperimentKind, base_config: Any, sweep_id: str):
-        self.tracker = tracker
-        self.kind = kind
-        self.base_config = base_config
-        self.sweep_id = sweep_id
+    A trial's run is keyed by its Optuna trial number (tag `optuna.trial`):
+    a trial restarted after a failure or re-created after a resume re-attaches
+    to its run instead of opening a second one. Tune pickles this callback
+    with the experiment; only plain settings are kept, the MLflow client and
+    the per-trial bookkeeping are rebuilt after a restore.
+    """
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, kind: ExperimentKind, base_config: Any,
+                 sweep_id: str, metrics: list[str], modes: list[str]):
+        self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
+        self.kind, self.base_config, self.sweep_id = kind, base_config, sweep_id
+        self.objectives, self.modes = list(metrics), list(modes)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._tracker: Optional[SweepTracker] = None
         self.run_ids: dict[str, str] = {}
         self.history: dict[str, list[dict[str, float]]] = {}
-        self.records: dict[str, TrialRecord] = {}
+        self.last_step: dict[str, int] = {}
+        self.done_before: set[str] = set()  # trials whose run was finished before a resume re-ran them
+        self.final: dict[str, bool] = {}
+        self.n_failed = 0
+        self.best: Optional[float] = None
+        self._attached = False
+
+    def __getstate__(self) -> dict:
+        keep = ("tracking_uri", "experiment_id", "parent_run_id", "kind", "base_config", "sweep_id", "objectives", "modes")
+        return {k: self.__dict__[k] for k in keep}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    @property
+    def tracker(self) -> SweepTracker:
+        if self._tracker is None:
+            self._tracker = SweepTracker(self.tracking_uri, "", experiment_id=self.experiment_id)
+            self._tracker.parent_run_id = self.parent_run_id
+        return self._tracker
+
+    @property
+    def client(self) -> Any:
+        return self.tracker.client
+
+    def ensure_attached(self) -> None:
+        """Count the failures and the best value already in the store (a resumed sweep), once."""
+        if self._attached:
+            return
+        self._attached = True
+        for r in self.tracker.records():
+            if r.run_id in self.run_ids.values():
+                continue  # counted by this session's hooks
+            if r.status == "FAILED":
+                self.n_failed += 1
+            self._note_best(r)
 
     # Tune hooks --------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        if trial.trial_id in self.run_ids:  # a retried trial re-attaches to its run
-            self.tracker.client.update_run(self.run_ids[trial.trial_id], status="RUNNING")
+        tid = trial.trial_id
+        if tid in self.run_ids:  # a retried trial re-attaches to its run
+            self.client.update_run(self.run_ids[tid], status="RUNNING")
             return
-        run = self.tracker.client.create_run(
-            self.tracker.experiment_id,
-            run_name=str(trial),
-            tags={PARENT_TAG: self.tracker.parent_run_id, TRIAL_ID_TAG: trial.trial_id, SWEEP_ID_TAG: self.sweep_id},
+        number = str(trial.config.get(TRIAL_KEY, ""))
+        existing = self._find_run(number)
+        self.history[tid], self.last_step[tid] = [], 0
+        if existing is not None:  # re-created after a resume: the same configuration, the same run
+            self.run_ids[tid] = existing.info.run_id
+            if existing.info.status == "FINISHED" or existing.info.status == "FAILED":
+                self.done_before.add(tid)
+            else:
+                self.client.update_run(existing.info.run_id, status="RUNNING")
+            self._load_history(tid, existing)
+            return
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"trial-{number}" if number else str(trial),
+            tags={PARENT_TAG: self.parent_run_id, TRIAL_ID_TAG: tid, SWEEP_ID_TAG: self.sweep_id, TRIAL_NUMBER_TAG: number},
         )
-        self.run_ids[trial.trial_id] = run.info.run_id
-        self.history[trial.trial_id] = []
-        log_params(self.tracker.client, run.info.run_id, trial.config)
+        self.run_ids[tid] = run.info.run_id
+        log_params(self.client, run.info.run_id, public_params(trial.config))
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
         from mlflow.entities import Metric
 
-        metrics = {k: float(result[k]) for k in self.kind.metrics if k in result}
-        self.history[trial.trial_id].append(metrics)
+        tid = trial.trial_id
+        self.final[tid] = bool(result.get(FINAL_KEY))
+        metrics = {k: float(v) for k, v in result.items() if self._logged(k) and isinstance(v, (int, float))}
         step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if tid not in self.run_ids or (step <= self.last_step.get(tid, 0) and not self.final[tid]):
+            return  # an epoch re-run after a resume: its metrics are logged already
+        self.last_step[tid] = step
+        self.history[tid].append(metrics)
         timestamp = int(result.get("timestamp", 0) * 1000)
-        self.tracker.client.log_batch(
-            self.run_ids[trial.trial_id], metrics=[Metric(k, v, timestamp, step) for k, v in metrics.items()]
-        )
+        self.client.log_batch(self.run_ids[tid], metrics=[Metric(k, v, timestamp, step) for k, v in metrics.items()])
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        run_id = self.run_ids.get(trial.trial_id)
+        if run_id is not None:
+            retries = int(self.client.get_run(run_id).data.tags.get("retries", "0")) + 1
+            self.client.set_tag(run_id, "retries", str(retries))
+            error = _first_error_line(trial)
+            if error:
+                self.client.set_tag(run_id, f"retry_{retries}_error", error[:5000])
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        run_id = self.run_ids[trial.trial_id]
+        tid = trial.trial_id
+        run_id = self.run_ids[tid]
+        if tid in self.done_before:  # finished before the crash; the re-run adds nothing
+            self._close(tid, self.client.get_run(run_id).info.status, None)
+            return
+        pruned = not self.final.get(tid, False)
         config = apply_params(self.base_config, trial.config)
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "config.json").write_text(json.dumps(asdict(config), indent=2))
-            self.tracker.client.log_artifact(run_id, str(Path(tmp) / "config.json"))
+            self.client.log_artifact(run_id, str(Path(tmp) / "config.json"))
             figure_path = Path(tmp) / "trial.png"
-            title = f"{trial}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in trial.config.items())
-            plot_trial(self.history[trial.trial_id], self.kind, title, self.kind.describe_eval(config), figure_path)
-            self.tracker.client.log_artifact(run_id, str(figure_path))
-        if trial.checkpoint is not None:
+            title = f"trial {trial.config.get(TRIAL_KEY, trial)}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in public_params(trial.config).items())
+            plot_trial(self.history[tid], self.kind, title, self.kind.describe_eval(config), figure_path)
+            self.client.log_artifact(run_id, str(figure_path))
+        if trial.checkpoint is not None and not pruned:
             with trial.checkpoint.as_directory() as d:
                 model, example = self.kind.load_model(Path(d), config)
                 report = Path(d) / REPORT_DIR  # evaluation tables and plots written by the trainable
                 if report.is_dir() and any(report.iterdir()):
-                    self.tracker.client.log_artifacts(run_id, str(report), REPORT_DIR)
+                    self.client.log_artifacts(run_id, str(report), REPORT_DIR)
             log_torch_model(run_id, model, example)
-        self._finish(trial, "FINISHED")
+        self._close(tid, "FINISHED", "PRUNED" if pruned else "COMPLETE")
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         run_id = self.run_ids.get(trial.trial_id)
@@ -136,27 +249,54 @@ class MlflowTrialCallback(Callback):
             return
         error = _first_error_line(trial)
         if error:
-            self.tracker.client.set_tag(run_id, "error", error[:5000])
-        self._finish(trial, "FAILED")
-
-    def close_unfinished(self) -> int:
-        """Mark runs of trials that never completed (an interrupted sweep) KILLED.
-
-        No child run is left RUNNING forever; returns how many were closed.
-        """
-        open_ids = [tid for tid in self.run_ids if tid not in self.records]
-        for trial_id in open_ids:
-            self.tracker.client.set_terminated(self.run_ids[trial_id], status="KILLED")
-        return len(open_ids)
+            self.client.set_tag(run_id, "error", error[:5000])
+        self.n_failed += 1
+        self._close(trial.trial_id, "FAILED", "FAILED")
 
     # helpers -----------------------------------------------------------------
-    def _finish(self, trial: Trial, status: str) -> None:
-        run_id = self.run_ids[trial.trial_id]
-        self.tracker.client.set_terminated(run_id, status=status)
-        last: dict[str, float] = {}
-        for metrics in self.history[trial.trial_id]:
-            last.update(metrics)
-        self.records[trial.trial_id] = TrialRecord(trial.trial_id, run_id, status, dict(trial.config), last)
+    def _logged(self, key: str) -> bool:
+        if key in self.kind.metrics:
+            return True
+        return key.endswith("_std") and key[: -len("_std")] in self.kind.metrics
+
+    def _find_run(self, number: str) -> Any:
+        if not number:
+            return None
+        found = self.client.search_runs([self.experiment_id], f"tags.`{SWEEP_ID_TAG}` = '{self.sweep_id}' and "
+                                        f"tags.`{TRIAL_NUMBER_TAG}` = '{number}'", max_results=1)
+        return found[0] if found else None
+
+    def _load_history(self, tid: str, run: Any) -> None:
+        by_step: dict[int, dict[str, float]] = {}
+        for key in run.data.metrics:
+            if key in self.kind.epoch_metrics:
+                for m in self.client.get_metric_history(run.info.run_id, key):
+                    by_step.setdefault(m.step, {})[key] = m.value
+        self.history[tid] = [by_step[k] for k in sorted(by_step)]
+        self.last_step[tid] = max(by_step, default=0)
+
+    def _close(self, tid: str, status: str, state: Optional[str]) -> None:
+        run_id = self.run_ids[tid]
+        if state is not None:
+            self.client.set_tag(run_id, STATE_TAG, state)
+        self.client.set_terminated(run_id, status=status)
+        if state == "COMPLETE" and len(self.objectives) == 1 and self.history.get(tid):
+            last: dict[str, float] = {}
+            for m in self.history[tid]:
+                last.update(m)
+            self._note_best(TrialRecord("", run_id, status, {}, last, state))
+
+    def _note_best(self, record: TrialRecord) -> None:
+        if len(self.objectives) != 1 or not record.complete or self.objectives[0] not in record.metrics:
+            return
+        value = record.metrics[self.objectives[0]]
+        if self.best is None or (value > self.best if self.modes[0] == "max" else value < self.best):
+            self.best = value
+
+
+def public_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The sampled values, without the sweep's bookkeeping keys."""
+    return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
 def _first_error_line(trial: Trial) -> str:
@@ -248,12 +388,12 @@ def plot_sweep(records: list[TrialRecord], metric: str, space: dict[str, ParamSp
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    done = [r for r in records if metric in r.metrics]
+    done = [r for r in records if r.complete and metric in r.metrics]
     if not done or not space:
         return False
     fig, axes = plt.subplots(1, len(space), figsize=(4 * len(space), 3.6), squeeze=False)
     for ax, (name, spec) in zip(axes[0], space.items()):
-        if isinstance(spec, Choice):
+        if isinstance(spec, (Choice, Grid)):
             order = [str(v) for v in spec.values]
             ax.set_xticks(range(len(order)), order)
             ax.set_xlim(-0.5, len(order) - 0.5)
@@ -264,7 +404,11 @@ def plot_sweep(records: list[TrialRecord], metric: str, space: dict[str, ParamSp
                 ax.set_xscale("log")
             if isinstance(spec, IntRange):
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.scatter([position(r.params.get(name)) for r in done], [r.metrics[metric] for r in done], color="tab:blue")
+        xs, ys = [position(r.params.get(name)) for r in done], [r.metrics[metric] for r in done]
+        ax.scatter(xs, ys, color="tab:blue")
+        errors = [r.metrics.get(f"{metric}_std", math.nan) for r in done]
+        if any(math.isfinite(e) for e in errors):  # replicates: mean +- std over seeds
+            ax.errorbar(xs, ys, yerr=[e if math.isfinite(e) else 0.0 for e in errors], fmt="none", ecolor="tab:blue", alpha=0.5)
         for best in (r for r in done if r.trial_id == best_trial_id):
             ax.scatter([position(best.params.get(name))], [best.metrics[metric]], color="tab:red", marker="*", s=200, label="best")
         ax.set_xlabel(name)

@@ -9,7 +9,7 @@ import json
 import logging
 import pickle
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -22,7 +22,7 @@ from cnnf.models import InferenceModel
 from cnnf.plots import accuracy_vs_eps
 from cnnf.report import EvalReport
 from cnnf.tables import checks_table, cnnf_table
-from cnnf.train import EpochResult, TrainState, build_model, fit, load_train_state, save_train_state
+from cnnf.train import EpochResult, TrainState, build_model, fit, load_train_state, save_train_state, transfer_source
 
 from fl.config import FLConfig
 from fl.pipeline import centre_images, centre_margins, continue_training, evaluate_model, retrain, scored_model, search_margins, train_base
@@ -30,26 +30,118 @@ from fl.plots import class_centres, class_robustness, margin_heatmap
 from fl.stages import cached_stage, config_key
 from fl.stats import MarginStats, margin_stats, r_spread
 from fl.tables import adjacent_share_table, centre_table, fl_table, robustness_table
-from tuning.experiments import REPORT_DIR, ExperimentKind, register_experiment
+from tuning.experiments import FINAL_KEY, REPORT_DIR, ExperimentKind, register_experiment
+from tuning.lockstep import run_lockstep
 from tuning.space import apply_params
 
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
+EVAL_JSON = "eval.json"  # in report/: [[val, test] EvalReport dicts] per replicate
 
 
-def _report(metrics: dict[str, float], state: TrainState, config: ExperimentConfig, extra: dict[str, Any] | None = None,
+@dataclass
+class ReplicateOutcome:
+    """The end of one replicate (one seed) of a trial."""
+
+    metrics: dict[str, float]  # final metrics, including the last epoch's
+    state: Optional[TrainState]  # training state at the end (None only if nothing trained)
+    extra: dict[str, Any] = field(default_factory=dict)  # JSON for the checkpoint's config.json
+    write_report: Optional[Callable[[Path], None]] = None  # files for the run's report/ artifacts
+
+
+def _state_file(replicate: int) -> str:
+    return STATE_FILE if replicate == 0 else f"state_r{replicate}.pt"
+
+
+def _report(metrics: dict[str, float], states: list[Optional[TrainState]], config: Any, extra: dict[str, Any] | None = None,
             write_report: Callable[[Path], None] | None = None) -> None:
-    """Report metrics with a checkpoint; `write_report` may add files under the
-    checkpoint's REPORT_DIR, which the tracker logs as run artifacts."""
+    """Report metrics with a checkpoint holding every replicate's training
+    state; `write_report` may add files under the checkpoint's REPORT_DIR,
+    which the tracker logs as run artifacts."""
     from ray import tune
 
     with tempfile.TemporaryDirectory() as tmp:
-        save_train_state(state, Path(tmp) / STATE_FILE)
-        (Path(tmp) / CONFIG_FILE).write_text(json.dumps({"config": asdict(config), **(extra or {})}, indent=2))
+        for i, state in enumerate(states):
+            if state is not None:
+                save_train_state(state, Path(tmp) / _state_file(i))
+        (Path(tmp) / CONFIG_FILE).write_text(json.dumps({"config": asdict(config), **(extra or {})}, indent=2, default=str))
         if write_report is not None:
             (Path(tmp) / REPORT_DIR).mkdir()
             write_report(Path(tmp) / REPORT_DIR)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def mean_over_replicates(per_replicate: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of every numeric metric over the replicates and, with two or
+    more, its sample std as `<name>_std`."""
+    if len(per_replicate) == 1:
+        return dict(per_replicate[0])
+    out: dict[str, float] = {}
+    for key in per_replicate[0]:
+        values = [m[key] for m in per_replicate if isinstance(m.get(key), (int, float)) and not isinstance(m.get(key), bool)]
+        if len(values) != len(per_replicate):
+            continue
+        t = torch.tensor(values, dtype=torch.float64)
+        out[key] = float(t.mean())
+        if key != "epoch":
+            out[f"{key}_std"] = float(t.std(correction=1))
+    return out
+
+
+def _replicates_table(seeds: list[int], per_replicate: list[dict[str, float]], metrics: list[str]) -> str:
+    shown = [m for m in metrics if all(m in r for r in per_replicate)]
+    lines = ["# Replicates\n", "One row per seed; the trial's metrics are the mean (std in `<metric>_std`).\n",
+             "| seed | " + " | ".join(shown) + " |", "|---:|" + "---:|" * len(shown)]
+    lines += [f"| {seed} | " + " | ".join(f"{r[m]:.4f}" for m in shown) + " |" for seed, r in zip(seeds, per_replicate)]
+    return "\n".join(lines) + "\n"
+
+
+def run_replicates(cfg: Any, n_replicates: int, seeded: Callable[[Any, int], Any], epochs: int,
+                   run_one: Callable[[Any, Optional[TrainState], Callable[[EpochResult, TrainState], None]], ReplicateOutcome],
+                   resume: list[Optional[TrainState]]) -> None:
+    """Train `n_replicates` seeds of one configuration in lockstep, report the
+    mean (and std) of each epoch with a checkpoint of all their states, then
+    the mean of their final metrics with FINAL_KEY set.
+
+    The last epoch is not reported on its own: its metrics go with the final
+    report, so a trial reports exactly once per epoch (what the schedulers count).
+    """
+    configs = [seeded(cfg, i) for i in range(n_replicates)]
+
+    def on_round(items: list[tuple[EpochResult, TrainState]]) -> None:
+        if items[0][0].epoch < epochs:
+            _report(mean_over_replicates([_epoch_metrics(r) for r, _ in items]), [s for _, s in items], cfg)
+
+    def job(i: int) -> Callable[[Callable[[Any], None]], ReplicateOutcome]:
+        return lambda step: run_one(configs[i], resume[i], lambda result, state: step((result, state)))
+
+    outcomes = run_lockstep([job(i) for i in range(n_replicates)], on_round)
+    first = outcomes[0]
+    metrics = {**mean_over_replicates([o.metrics for o in outcomes]), FINAL_KEY: True}
+    extra = dict(first.extra)
+    evals = [o.extra.get("eval") for o in outcomes]
+
+    def write(folder: Path, inner: Optional[Callable[[Path], None]] = first.write_report) -> None:
+        if inner is not None:
+            inner(folder)
+        if all(e is not None for e in evals):  # the evaluation reports of every replicate, for `sweep report`
+            (folder / EVAL_JSON).write_text(json.dumps(evals, default=str))
+
+    if n_replicates > 1:
+        seeds = [replicate_seed(c) for c in configs]
+        extra["replicates"] = [{"seed": seed, "metrics": o.metrics} for seed, o in zip(seeds, outcomes)]
+        names = [k for k in first.metrics if isinstance(first.metrics[k], float) and k.endswith("_acc") and not k.startswith("test_")]
+
+        def write(folder: Path, inner: Callable[[Path], None] = write) -> None:  # type: ignore[misc]
+            inner(folder)
+            (folder / "replicates.md").write_text(_replicates_table(seeds, [o.metrics for o in outcomes], names))
+
+    _report(metrics, [o.state for o in outcomes], cfg, extra, write)
+
+
+def replicate_seed(cfg: Any) -> int:
+    """The training seed of a (replicate's) config, for its record."""
+    return cfg.retrain.seed if isinstance(cfg, FLConfig) else cfg.train.seed
 
 
 def _write_eval_report(val: EvalReport, test: EvalReport, name: str) -> Callable[[Path], None]:
@@ -76,9 +168,9 @@ def _epoch_metrics(result: EpochResult) -> dict[str, float]:
 EPOCH_METRICS = ("train_loss", "train_ce", "train_recon", "train_acc", "val_acc", "seconds", "images_per_s")
 
 
-def _start_trial(cpus: float) -> Optional[TrainState]:
-    """Per-trial process setup; returns the training state to resume from
-    when Tune restarts the trial from its last checkpoint."""
+def _start_trial(cpus: float, n_replicates: int = 1) -> list[Optional[TrainState]]:
+    """Per-trial process setup; returns each replicate's training state to
+    resume from when Tune restarts the trial from its last checkpoint."""
     from ray import tune
 
     for name in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
@@ -86,9 +178,10 @@ def _start_trial(cpus: float) -> Optional[TrainState]:
     torch.set_num_threads(max(1, int(cpus)))
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        return None
+        return [None] * n_replicates
     with checkpoint.as_directory() as d:
-        return load_train_state(Path(d) / STATE_FILE)
+        return [load_train_state(Path(d) / _state_file(i)) if (Path(d) / _state_file(i)).exists() else None
+                for i in range(n_replicates)]
 
 
 def trial_device(requested: str, gpus: float) -> str:
@@ -103,34 +196,57 @@ def trial_device(requested: str, gpus: float) -> str:
 
 
 def train_cnnf(config: dict[str, Any], *, base: ExperimentConfig, cpus: float, gpus: float = 0.0,
-               stage_dir: Optional[str] = None) -> None:
+               stage_dir: Optional[str] = None, replicates: int = 1) -> None:
     """One CNN-F trial: train with the sampled knobs, then evaluate.
 
     Reports each epoch's metrics with a checkpoint; the last report adds the
     clean and PGD accuracies on the validation split (`val_*`, what a sweep
     may optimise) and on the test split (`test_*`, for reporting only).
+    With replicates, each seed trains in turn and every metric is their mean.
     """
-    resume = _start_trial(cpus)
+    resume = _start_trial(cpus, replicates)
     cfg = apply_params(base, config)
     cfg = replace(cfg, train=replace(cfg.train, device=trial_device(cfg.train.device, gpus)))
     splits = load_splits(cfg.data)
+    init = _transfer_weights(cfg, splits, Path(stage_dir) if stage_dir else None)
 
-    last: dict[str, Any] = {}
+    def run_one(rcfg: ExperimentConfig, state: Optional[TrainState], on_epoch: Callable[[EpochResult, TrainState], None]) -> ReplicateOutcome:
+        last: dict[str, Any] = {}
 
-    def on_epoch(result: EpochResult, state: TrainState) -> None:
-        if result.epoch < cfg.train.epochs:
-            _report(_epoch_metrics(result), state, cfg)
-        last["result"], last["state"] = result, state
+        def callback(result: EpochResult, snapshot: TrainState) -> None:
+            on_epoch(result, snapshot)
+            last["result"], last["state"] = result, snapshot
 
-    fitted = fit(cfg, splits, callback=on_epoch, resume=resume)
-    result, state = last.get("result", fitted.history[-1]), last.get("state", resume)
-    suite = suite_from_config(cfg.eval, cfg.eval_iterations)
-    val = evaluate(fitted.model, splits.val, suite, split="val")
-    # The integrity checks run once, on the validation split.
-    test = evaluate(fitted.model, splits.test, replace(suite, checks=False), split="test")
-    metrics = {**_epoch_metrics(result), **val.metrics("val_"), **test.metrics("test_")}
-    _report(metrics, state, cfg, {"eval": [val.as_dict(), test.as_dict()]},
-            _write_eval_report(val, test, f"{cfg.model.arch} ind={cfg.model.ind}"))
+        fitted = fit(rcfg, splits, callback=callback, resume=state, init=init)
+        result, final_state = last.get("result", fitted.history[-1]), last.get("state", state)
+        suite = suite_from_config(rcfg.eval, rcfg.eval_iterations)
+        val = evaluate(fitted.model, splits.val, suite, split="val")
+        # The integrity checks run once, on the validation split.
+        test = evaluate(fitted.model, splits.test, replace(suite, checks=False), split="test")
+        metrics = {**_epoch_metrics(result), **val.metrics("val_"), **test.metrics("test_")}
+        return ReplicateOutcome(metrics, final_state, {"eval": [val.as_dict(), test.as_dict()]},
+                                _write_eval_report(val, test, f"{rcfg.model.arch} ind={rcfg.model.ind}"))
+
+    run_replicates(cfg, replicates, _seeded_cnnf, cfg.train.epochs, run_one, resume)
+
+
+def _seeded_cnnf(cfg: ExperimentConfig, replicate: int) -> ExperimentConfig:
+    return cfg if replicate == 0 else replace(cfg, train=replace(cfg.train, seed=cfg.train.seed + replicate))
+
+
+def _transfer_weights(cfg: ExperimentConfig, splits: Any, stages: Optional[Path]) -> Optional[dict]:
+    """train.init_from_cnn: the plain CNN of the same backbone, trained once
+    per sweep (a shared stage keyed by its own config) and loaded by every
+    trial that asks for the same one."""
+    if not cfg.train.init_from_cnn:
+        return None
+    source = transfer_source(cfg)
+
+    def compute() -> dict:
+        return {k: v.detach().cpu() for k, v in fit(source, splits).model.state_dict().items()}
+
+    return cached_stage(stages, "transfer-cnn", config_key(source.data, source.model, source.train), compute,
+                        lambda value, path: torch.save(value, path), lambda path: torch.load(path, weights_only=True))
 
 
 def load_cnnf_model(checkpoint_dir: Path, cfg: ExperimentConfig) -> tuple[torch.nn.Module, Any]:
@@ -233,13 +349,13 @@ def _write_fl_report(cfg: FLConfig, base: dict[str, EvalReport], control: dict[s
 
 
 def train_fl(config: dict[str, Any], *, base: FLConfig, cpus: float, gpus: float = 0.0,
-             stage_dir: Optional[str] = None) -> None:
+             stage_dir: Optional[str] = None, replicates: int = 1) -> None:
     """One feedback-learning trial: the trained base model and its margins come
     from the sweep's shared stages (computed by the first trial that needs
     them); the trial selects with its quotas, generates, retrains (reporting
     each epoch with a checkpoint), then evaluates and searches the retrained
-    model's margins."""
-    resume = _start_trial(cpus)
+    model's margins. Replicates vary the selection and retraining seeds."""
+    resume = _start_trial(cpus, replicates)
     cfg = apply_params(base, config)
     device = trial_device(cfg.train.device, gpus)
     cfg = replace(cfg, train=replace(cfg.train, device=device),
@@ -252,32 +368,42 @@ def train_fl(config: dict[str, Any], *, base: FLConfig, cpus: float, gpus: float
     base_reports = _base_reports(cfg, net, splits, stages)
     control_reports = _control_reports(cfg, net, splits, stages)
 
-    last: dict[str, Any] = {}
+    def run_one(rcfg: FLConfig, state: Optional[TrainState], on_epoch: Callable[[EpochResult, TrainState], None]) -> ReplicateOutcome:
+        last: dict[str, Any] = {}
 
-    def on_epoch(result: EpochResult, state: TrainState) -> None:
-        if result.epoch < cfg.retrain.epochs:
-            _report(_epoch_metrics(result), state, cfg)
-        last["result"], last["state"] = result, state
+        def callback(result: EpochResult, snapshot: TrainState) -> None:
+            on_epoch(result, snapshot)
+            last["result"], last["state"] = result, snapshot
 
-    variant = retrain(net, splits, margins, stats, cfg, callback=on_epoch, resume=resume)
-    result, state = last.get("result", variant.history[-1]), last.get("state", resume)
-    reports = evaluate_model(variant.net, splits, cfg)
-    all_stats = [("original", stats)]
-    metrics: dict[str, Any] = {**_epoch_metrics(result), **reports["val"].metrics("val_"), **reports["test"].metrics("test_"),
-                               "base_R": stats.robustness, "base_R_spread": r_spread(stats.class_robustness),
-                               "n_generated": variant.n_generated,
-                               **{f"base_{k}": v for k, v in base_reports["val"].metrics("val_").items() if k.endswith("_acc")},
-                               **{f"control_{k}": v for k, v in control_reports["val"].metrics("val_").items() if k.endswith("_acc")}}
-    if cfg.eval.margins_after:
-        after = margin_stats(search_margins(variant.net, splits, cfg, stage_dir=stages), splits.n_classes)
-        all_stats.append((variant.name, after))
-        metrics.update({"R": after.robustness, "R_spread": r_spread(after.class_robustness)})
-    centre = [("original", stats.centre_margin.tolist()),
-              (variant.name, centre_margins(variant.net, splits, margins, stats, cfg).tolist())]
-    extra = {"eval": [reports["val"].as_dict(), reports["test"].as_dict()], "plan": variant.plan.as_dict() if variant.plan else None,
-             "margins": {name: s.as_dict() for name, s in all_stats}}
-    _report(metrics, state, cfg, extra, _write_fl_report(cfg, base_reports, control_reports, reports, all_stats, centre,
-                                                        centre_images(splits, margins, stats), variant.name))
+        variant = retrain(net, splits, margins, stats, rcfg, callback=callback, resume=state)
+        result, final_state = last.get("result", variant.history[-1]), last.get("state", state)
+        reports = evaluate_model(variant.net, splits, rcfg)
+        all_stats = [("original", stats)]
+        metrics: dict[str, Any] = {**_epoch_metrics(result), **reports["val"].metrics("val_"), **reports["test"].metrics("test_"),
+                                   "base_R": stats.robustness, "base_R_spread": r_spread(stats.class_robustness),
+                                   "n_generated": variant.n_generated,
+                                   **{f"base_{k}": v for k, v in base_reports["val"].metrics("val_").items() if k.endswith("_acc")},
+                                   **{f"control_{k}": v for k, v in control_reports["val"].metrics("val_").items() if k.endswith("_acc")}}
+        if rcfg.eval.margins_after:
+            after = margin_stats(search_margins(variant.net, splits, rcfg, stage_dir=stages), splits.n_classes)
+            all_stats.append((variant.name, after))
+            metrics.update({"R": after.robustness, "R_spread": r_spread(after.class_robustness)})
+        centre = [("original", stats.centre_margin.tolist()),
+                  (variant.name, centre_margins(variant.net, splits, margins, stats, rcfg).tolist())]
+        extra = {"eval": [reports["val"].as_dict(), reports["test"].as_dict()], "plan": variant.plan.as_dict() if variant.plan else None,
+                 "margins": {name: s.as_dict() for name, s in all_stats}}
+        return ReplicateOutcome(metrics, final_state, extra,
+                                _write_fl_report(rcfg, base_reports, control_reports, reports, all_stats, centre,
+                                                 centre_images(splits, margins, stats), variant.name))
+
+    run_replicates(cfg, replicates, _seeded_fl, cfg.retrain.epochs, run_one, resume)
+
+
+def _seeded_fl(cfg: FLConfig, replicate: int) -> FLConfig:
+    if replicate == 0:
+        return cfg
+    return replace(cfg, selection=replace(cfg.selection, seed=cfg.selection.seed + replicate),
+                   retrain=replace(cfg.retrain, seed=cfg.retrain.seed + replicate))
 
 
 def load_fl_model(checkpoint_dir: Path, cfg: FLConfig) -> tuple[torch.nn.Module, Any]:
@@ -306,5 +432,6 @@ register_experiment(
         preflight=lambda cfg: check_available(cfg.data),
         load_model=load_fl_model,
         describe_eval=_fl_eval_note,
+        epochs_path="retrain.epochs",
     )
 )
