@@ -428,11 +428,16 @@ def _execute(cfg: SweepConfig, kind: ExperimentKind, out: Path, tracker: Any, st
     # trial on its first epoch. The spec already checked the metric is one
     # the experiment kind reports, and the searcher skips reports without it.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    tune_dir = out / TUNE_DIR
+    restorable = tune.Tuner.can_restore(str(tune_dir)) and any(tune_dir.glob("experiment_state-*.json"))
     if restore:
-        orphans = mark_orphans(out / JOURNAL, state["sweep_id"], s.modes, _tune_trial_ids(out / TUNE_DIR))
+        orphans = mark_orphans(out / JOURNAL, state["sweep_id"], s.modes, _tune_trial_ids(tune_dir) if restorable else set())
         if orphans:
             print(f"resume: Optuna trials {orphans} were asked but never started; they run now", flush=True)
-        tuner = tune.Tuner.restore(str(out / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=False)
+        if not restorable and tune_dir.exists():  # killed before Tune saved anything: start Tune afresh
+            tune_dir.rename(out / f"{TUNE_DIR}.unsaved-{int(time.time())}")
+    if restore and restorable:
+        tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True, resume_errored=False)
     else:
         callback = MlflowTrialCallback(tracker.tracking_uri, tracker.experiment_id, tracker.parent_run_id, kind, cfg.base,
                                        out.name, s.metrics, s.modes)
