@@ -274,7 +274,40 @@ def _check_space(space_raw: Any, base: Any, base_cls: type, lines: _Lines, file:
             except ConfigError as exc:
                 raise err((), f"value {value!r} is not allowed: {exc.message}") from None
         space[name] = spec
+    _check_combinations(space, base, lines, file)
     return space
+
+
+MAX_COMBINATIONS = 4096  # beyond this only each parameter alone is checked (above)
+
+
+def _check_combinations(space: dict[str, ParamSpec], base: Any, lines: _Lines, file: str) -> None:
+    """Rules across fields (high_fraction + low_fraction <= 1, a quota above
+    the samples per class) show up only when values are combined: try every
+    combination of the parameters' boundary values, honouring conditions,
+    so a trial cannot fail on a combination the space allows."""
+    import itertools
+
+    names = list(space)
+    choices = [boundary_values(space[n]) for n in names]
+    total = 1
+    for c in choices:
+        total *= len(c)
+    if len(names) < 2 or total > MAX_COMBINATIONS:
+        return
+    for combo in itertools.product(*choices):
+        params: dict[str, Any] = {}
+        for name, value in zip(names, combo):
+            when = space[name].when
+            if when is None or when.holds(params):
+                params[name] = value
+        try:
+            apply_params(base, params)
+        except ConfigError as exc:
+            shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+            first = names[0]
+            raise SpecError(file, lines.of(("space", first)), "space",
+                            f"the combination {shown} is not allowed: {exc.field}: {exc.message}; narrow the ranges") from None
 
 
 def _condition(raw: Any, earlier: dict[str, ParamSpec], err: Any) -> Condition:

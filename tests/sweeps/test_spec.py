@@ -131,3 +131,28 @@ def test_structural_errors(text: str, needle: str) -> None:
 def test_missing_file_is_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"nope\.yaml: no such file$"):
         load_sweep(tmp_path / "nope.yaml")
+
+
+def test_a_combination_the_space_allows_must_be_legal(write_sweep) -> None:
+    # Each value is legal alone; together they break high_fraction + low_fraction <= 1.
+    text = TINY_SWEEP.replace("space:\n  model.ind: {choice: [0, 2]}\n  model.step_size: {loguniform: [0.05, 0.2]}",
+                              "space:\n  train.epochs: {int: [1, 3]}\n  train.adv_eps_linf: {choice: [0.0, 0.1]}\n"
+                              "  train.adv_steps: {int: [1, 2]}")
+    assert parse_sweep(text).config.space  # no cross-field rule among these
+    fl = """\
+name: bad
+experiment: fl
+base:
+  data: {dataset: mnist}
+  model: {arch: cnn_mnist_small}
+  train: {n_iterations: 0, epochs: 1}
+space:
+  selection.high_fraction: {choice: [0.1, 0.5]}
+  selection.low_fraction: {choice: [0.3, 0.6]}
+search: {metric: val_min_acc, num_trials: 2}
+"""
+    with pytest.raises(SpecError) as info:
+        parse_sweep(fl, "bad.yaml")
+    message = str(info.value)
+    assert message.startswith("bad.yaml:8: space: the combination selection.high_fraction=0.5, selection.low_fraction=0.6")
+    assert "high_fraction + low_fraction must be <= 1" in message and "\n" not in message
