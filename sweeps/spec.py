@@ -363,6 +363,8 @@ def _check_search(config: SweepConfig, kind: ExperimentKind, lines: _Lines, file
             raise fail(where, f"the {config.scheduler.name} scheduler compares trials epoch by epoch, but {metric!r} is "
                               f"reported only at the end; use one of: {', '.join(m for m in kind.epoch_metrics)}"
                               + (" (set scheduler.metric)" if not config.scheduler.metric else ""))
+        if metric not in s.metrics and config.scheduler.mode is None:
+            raise fail(("scheduler", "metric"), f"{metric!r} is not an objective, so its direction is unknown: set scheduler.mode (max or min)")
 
 
 def _leaf_hints(cls: type, prefix: str = "") -> dict[str, Any]:

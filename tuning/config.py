@@ -78,7 +78,7 @@ class SchedulerConfig:
 
     name: Literal["fifo", "asha", "hyperband", "median"] = "fifo"
     metric: Optional[str] = None  # a per-epoch metric; None: the objective (required with several objectives)
-    mode: Optional[Literal["max", "min"]] = None  # None: the objective's mode (max for a named metric)
+    mode: Optional[Literal["max", "min"]] = None  # None: the objective's mode (required when metric is not an objective)
     grace_period: int = 1  # epochs before a trial can be stopped
     reduction_factor: float = 2.0  # asha, hyperband
     max_t: Optional[int] = None  # epochs; None: the largest train/retrain epochs of the space
@@ -159,4 +159,4 @@ class SweepConfig:
             return metric, self.scheduler.mode
         if metric in self.search.metrics:
             return metric, self.search.modes[self.search.metrics.index(metric)]
-        return metric, "max"
+        return metric, "max"  # the spec requires scheduler.mode here; this serves configs built in code

@@ -45,7 +45,15 @@ def _random(seed: int, space: Mapping[str, ParamSpec]) -> Any:
 def _grid(seed: int, space: Mapping[str, ParamSpec]) -> Any:
     import optuna
 
-    return optuna.samplers.GridSampler({k: list(v.values) for k, v in space.items()}, seed=seed)  # type: ignore[union-attr]
+    class _TuneGridSampler(optuna.samplers.GridSampler):
+        """GridSampler without its study.stop() once the grid is exhausted:
+        outside study.optimize that raises, and Tune's num_samples ends the
+        sweep anyway."""
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            pass
+
+    return _TuneGridSampler({k: list(v.values) for k, v in space.items()}, seed=seed)  # type: ignore[union-attr]
 
 
 @SAMPLERS.register("gp")

@@ -221,6 +221,8 @@ class MlflowTrialCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         tid = trial.trial_id
+        if tid not in self.run_ids:  # never started (a budget ended the sweep while it was pending)
+            return
         run_id = self.run_ids[tid]
         if tid in self.done_before:  # finished before the crash; the re-run adds nothing
             self._close(tid, self.client.get_run(run_id).info.status, None)

@@ -245,7 +245,9 @@ def _transfer_weights(cfg: ExperimentConfig, splits: Any, stages: Optional[Path]
     def compute() -> dict:
         return {k: v.detach().cpu() for k, v in fit(source, splits).model.state_dict().items()}
 
-    return cached_stage(stages, "transfer-cnn", config_key(source.data, source.model, source.train), compute,
+    # The device is left out of the key: a CPU and a GPU trial share one source.
+    key = config_key(source.data, source.model, replace(source.train, device="auto"))
+    return cached_stage(stages, "transfer-cnn", key, compute,
                         lambda value, path: torch.save(value, path), lambda path: torch.load(path, weights_only=True))
 
 
