@@ -147,8 +147,15 @@ class OptunaSweepSearcher(Searcher):
     @property
     def study(self) -> Any:
         if self._study is None:
-            sampler = SAMPLERS.create(self.sampler_name, seed=self.seed, space=self.space)
-            self._study = open_study(self.journal, self.study_name, self.modes, sampler)
+            study = open_study(self.journal, self.study_name, self.modes)
+            n = len(study.get_trials(deepcopy=False))
+            # Reopened with trials in it (a resume): a sampler seeded as at launch
+            # would replay the launch's draws and repeat configurations, so its
+            # seed moves on with the number of trials. The grid sampler keeps the
+            # launch seed: trial k is the k-th point of the grid it shuffled.
+            seed = self.seed if n == 0 or self.sampler_name == "grid" else (self.seed + 7919 * n) % 2**31
+            study.sampler = SAMPLERS.create(self.sampler_name, seed=seed, space=self.space)
+            self._study = study
         return self._study
 
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], config: dict, **spec: Any) -> bool:

@@ -203,10 +203,23 @@ class MlflowTrialCallback(Callback):
         self.final[tid] = bool(result.get(FINAL_KEY))
         metrics = {k: float(v) for k, v in result.items() if self._logged(k) and isinstance(v, (int, float))}
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        if tid not in self.run_ids or (step <= self.last_step.get(tid, 0) and not self.final[tid]):
-            return  # an epoch re-run after a resume: its metrics are logged already
-        self.last_step[tid] = step
-        self.history[tid].append(metrics)
+        if tid not in self.run_ids:
+            return
+        if step <= self.last_step.get(tid, 0):
+            # An epoch reported again after a restart from its checkpoint: its
+            # per-epoch metrics are logged already; only a final report's own
+            # metrics (the evaluation) are new.
+            if not self.final[tid]:
+                return
+            logged = self.client.get_run(self.run_ids[tid]).data.metrics  # rare path: a restart at the end
+            metrics = {k: v for k, v in metrics.items() if _base_name(k) not in self.kind.epoch_metrics and logged.get(k) != v}
+            if self.history[tid]:
+                self.history[tid][-1].update(metrics)
+        else:
+            self.last_step[tid] = step
+            self.history[tid].append(metrics)
+        if not metrics:
+            return
         timestamp = int(result.get("timestamp", 0) * 1000)
         self.client.log_batch(self.run_ids[tid], metrics=[Metric(k, v, timestamp, step) for k, v in metrics.items()])
 
@@ -294,6 +307,10 @@ class MlflowTrialCallback(Callback):
         value = record.metrics[self.objectives[0]]
         if self.best is None or (value > self.best if self.modes[0] == "max" else value < self.best):
             self.best = value
+
+
+def _base_name(metric: str) -> str:
+    return metric[: -len("_std")] if metric.endswith("_std") else metric
 
 
 def public_params(config: dict[str, Any]) -> dict[str, Any]:
