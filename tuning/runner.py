@@ -104,32 +104,6 @@ def _sweep_dir(root: Path, name: str) -> Path:
     return candidate
 
 
-def _init_ray(address: Optional[str]) -> bool:
-    """Start (or join) Ray; returns True if this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address=address or "local", include_dashboard=False, logging_level="WARNING", log_to_driver=True)
-    return True
-
-
-def _check_feasible(cfg: SweepConfig) -> None:
-    """Fail now, naming the request, if no node could ever run one trial."""
-    import ray
-
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    want_cpu, want_gpu = cfg.resources.cpu, cfg.resources.gpu
-    if not any(n.get("CPU", 0) >= want_cpu and n.get("GPU", 0) >= want_gpu for n in nodes):
-        have = ", ".join(f"node {i}: CPU={n.get('CPU', 0):g} GPU={n.get('GPU', 0):g}" for i, n in enumerate(nodes))
-        raise LaunchError(
-            f"resources: a trial asks for cpu={want_cpu:g} gpu={want_gpu:g}, but no node of the Ray cluster has that ({have})"
-        )
-
-
-
-
 # --- the sweep's folder ------------------------------------------------------------
 
 

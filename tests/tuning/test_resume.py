@@ -438,31 +438,11 @@ def test_trial_failing_after_its_final_report_logs_each_epoch_once(retried: dict
 # --- 5: a NaN loss fails its trial only -----------------------------------------------
 
 
-NAN_SWEEP = """\
-name: tiny
-experiment: cnnf
-seed: 3
-base:
-  data:
-    dataset: fashion-mnist-sample
-    n_train: 256
-  train:
-    epochs: 2
-    batch_size: 64
-  eval:
-    pgd_steps: 2
-    n_examples: 32
-    check_examples: 16
-space:
-  train.lr: {choice: [1.0e-3, 1.0e+30]}
-search:
-  metric: val_acc
-  sampler: grid
-  num_trials: 2
-  max_concurrent: 2
-resources:
-  cpu: 1
-"""
+# TINY_SWEEP with a grid over a sane and an exploding learning rate: both trials run.
+NAN_SWEEP = (TINY_SWEEP.replace("    n_examples: 32\n", "    n_examples: 32\n    check_examples: 16\n")
+             .replace("  model.ind: {choice: [0, 2]}\n  model.step_size: {loguniform: [0.05, 0.2]}\n",
+                      "  train.lr: {choice: [1.0e-3, 1.0e+30]}\n")
+             .replace("  metric: val_acc\n", "  metric: val_acc\n  sampler: grid\n"))
 
 
 def test_nan_loss_fails_only_its_trial(tmp_path: Path) -> None:
