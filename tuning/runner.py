@@ -415,6 +415,7 @@ def _execute(cfg: SweepConfig, kind: ExperimentKind, out: Path, tracker: Any, st
     else:
         callback = MlflowTrialCallback(tracker.tracking_uri, tracker.experiment_id, tracker.parent_run_id, kind, cfg.base,
                                        out.name, s.metrics, s.modes)
+        callback.use_tracker(tracker)  # one MLflow client in the driver (a restored callback opens its own)
         searcher = OptunaSweepSearcher(cfg.space, s.metrics, s.modes, s.sampler, state["seed"], out / JOURNAL, out.name)
         stopper = BudgetStopper(callback, cfg.budget.max_failed_trials, cfg.budget.target, s.modes[0])
         tuner = tune.Tuner(
@@ -422,6 +423,9 @@ def _execute(cfg: SweepConfig, kind: ExperimentKind, out: Path, tracker: Any, st
             tune_config=tune.TuneConfig(
                 search_alg=searcher, scheduler=_scheduler(cfg, kind), num_samples=s.num_trials,
                 max_concurrent_trials=s.max_concurrent, time_budget_s=cfg.budget.time_s,
+                # A trial reuses a finished trial's worker process: no new Python, no
+                # re-import of torch (about 4 s per trial here, benchmarks/sweep_overhead.py).
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=TUNE_DIR, storage_path=str(out), callbacks=[callback], stop=stopper,

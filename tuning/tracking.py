@@ -21,6 +21,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from tuning.experiments import FINAL_KEY, REPORT_DIR, TRIAL_KEY, ExperimentKind
+from tuning.plots import TRIAL_PLOT, plot_trial, trial_title
 from tuning.space import Choice, Grid, IntRange, LogUniform, ParamSpec, apply_params
 
 TRIAL_ID_TAG = "ray.trial_id"
@@ -149,6 +150,9 @@ class MlflowTrialCallback(Callback):
         self.__dict__.update(state)
         self._reset()
 
+    def use_tracker(self, tracker: SweepTracker) -> None:
+        self._tracker = tracker
+
     @property
     def tracker(self) -> SweepTracker:
         if self._tracker is None:
@@ -245,13 +249,15 @@ class MlflowTrialCallback(Callback):
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "config.json").write_text(json.dumps(asdict(config), indent=2))
             self.client.log_artifact(run_id, str(Path(tmp) / "config.json"))
-            figure_path = Path(tmp) / "trial.png"
-            title = f"trial {trial.config.get(TRIAL_KEY, trial)}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in public_params(trial.config).items())
-            plot_trial(self.history[tid], self.kind, title, self.kind.describe_eval(config), figure_path)
-            self.client.log_artifact(run_id, str(figure_path))
+            if pruned or trial.checkpoint is None:  # a trial that ran to the end drew its own figure
+                figure_path = Path(tmp) / TRIAL_PLOT
+                plot_trial(self.history[tid], self.kind, trial_title(trial.config), self.kind.describe_eval(config), figure_path)
+                self.client.log_artifact(run_id, str(figure_path))
         if trial.checkpoint is not None and not pruned:
             with trial.checkpoint.as_directory() as d:
                 model, example = self.kind.load_model(Path(d), config)
+                if (Path(d) / TRIAL_PLOT).exists():
+                    self.client.log_artifact(run_id, str(Path(d) / TRIAL_PLOT))
                 report = Path(d) / REPORT_DIR  # evaluation tables and plots written by the trainable
                 if report.is_dir() and any(report.iterdir()):
                     self.client.log_artifacts(run_id, str(report), REPORT_DIR)
@@ -350,50 +356,6 @@ def log_torch_model(run_id: str, model: Any, example: Any) -> None:
             )
     finally:
         pytorch_logger.setLevel(level)
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def plot_trial(history: list[dict[str, float]], kind: ExperimentKind, title: str, note: str, path: Path) -> None:
-    """Learning curves (per-epoch accuracies and loss) and the final accuracies."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    epochs = [h for h in history if any(k in h for k in kind.epoch_metrics)]
-    final = history[-1] if history else {}
-    fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(11, 4))
-    xs = list(range(1, len(epochs) + 1))
-    for key in (k for k in kind.epoch_metrics if k.endswith("_acc")):
-        ys = [h.get(key, math.nan) for h in epochs]
-        ax_curve.plot(xs, ys, marker="o", label=key)
-    ax_curve.set_xlabel("epoch")
-    ax_curve.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_curve.set_ylabel("accuracy")
-    ax_curve.set_ylim(0, 1)
-    if "train_loss" in kind.epoch_metrics:
-        ax_loss = ax_curve.twinx()
-        ax_loss.plot(xs, [h.get("train_loss", math.nan) for h in epochs], color="grey", linestyle="--", label="train_loss")
-        ax_loss.set_ylabel("train loss")
-        ax_loss.legend(loc="upper right")
-    ax_curve.legend(loc="lower left")
-    ax_curve.set_title("learning curves")
-    bars = [(k, final[k]) for k in kind.final_metrics if k in final and k.endswith("_acc")]
-    ax_bar.barh([k for k, _ in bars], [v for _, v in bars], color=["tab:blue" if k.startswith("val_") else "tab:orange" for k, _ in bars])
-    for i, (_, v) in enumerate(bars):
-        ax_bar.text(v, i, f" {v:.3f}", va="center")
-    ax_bar.set_xlim(0, 1.1)
-    ax_bar.invert_yaxis()
-    ax_bar.set_title("final accuracy (blue: validation, orange: test)")
-    ax_bar.set_xlabel(note, fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_sweep(records: list[TrialRecord], metric: str, space: dict[str, ParamSpec], best_trial_id: Optional[str], path: Path) -> bool:

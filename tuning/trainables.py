@@ -32,6 +32,7 @@ from fl.stats import MarginStats, margin_stats, r_spread
 from fl.tables import adjacent_share_table, centre_table, fl_table, robustness_table
 from tuning.experiments import FINAL_KEY, REPORT_DIR, ExperimentKind, register_experiment
 from tuning.lockstep import run_lockstep
+from tuning.plots import trial_title
 from tuning.space import apply_params
 
 STATE_FILE = "state.pt"
@@ -54,7 +55,7 @@ def _state_file(replicate: int) -> str:
 
 
 def _report(metrics: dict[str, float], states: list[Optional[TrainState]], config: Any, extra: dict[str, Any] | None = None,
-            write_report: Callable[[Path], None] | None = None) -> None:
+            write_report: Callable[[Path], None] | None = None, write_root: Callable[[Path], None] | None = None) -> None:
     """Report metrics with a checkpoint holding every replicate's training
     state; `write_report` may add files under the checkpoint's REPORT_DIR,
     which the tracker logs as run artifacts."""
@@ -68,6 +69,8 @@ def _report(metrics: dict[str, float], states: list[Optional[TrainState]], confi
         if write_report is not None:
             (Path(tmp) / REPORT_DIR).mkdir()
             write_report(Path(tmp) / REPORT_DIR)
+        if write_root is not None:
+            write_root(Path(tmp))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
@@ -98,19 +101,26 @@ def _replicates_table(seeds: list[int], per_replicate: list[dict[str, float]], m
 
 def run_replicates(cfg: Any, n_replicates: int, seeded: Callable[[Any, int], Any], epochs: int,
                    run_one: Callable[[Any, Optional[TrainState], Callable[[EpochResult, TrainState], None]], ReplicateOutcome],
-                   resume: list[Optional[TrainState]]) -> None:
+                   resume: list[Optional[TrainState]], figure: Optional[tuple[str, str]] = None) -> None:
     """Train `n_replicates` seeds of one configuration in lockstep, report the
     mean (and std) of each epoch with a checkpoint of all their states, then
-    the mean of their final metrics with FINAL_KEY set.
+    the mean of their final metrics with FINAL_KEY set. figure: (experiment
+    kind, title) of the trial figure drawn into the final checkpoint.
 
     The last epoch is not reported on its own: its metrics go with the final
     report, so a trial reports exactly once per epoch (what the schedulers count).
     """
     configs = [seeded(cfg, i) for i in range(n_replicates)]
 
+    # The learning curves as reported: from the checkpoint's history on a restart, then each round.
+    history = [mean_over_replicates([_epoch_metrics(r) for r in results])
+               for results in zip(*[state.history if state is not None else [] for state in resume])]
+
     def on_round(items: list[tuple[EpochResult, TrainState]]) -> None:
         if items[0][0].epoch < epochs:
-            _report(mean_over_replicates([_epoch_metrics(r) for r, _ in items]), [s for _, s in items], cfg)
+            metrics = mean_over_replicates([_epoch_metrics(r) for r, _ in items])
+            history.append(metrics)
+            _report(metrics, [s for _, s in items], cfg)
 
     def job(i: int) -> Callable[[Callable[[Any], None]], ReplicateOutcome]:
         return lambda step: run_one(configs[i], resume[i], lambda result, state: step((result, state)))
@@ -136,7 +146,23 @@ def run_replicates(cfg: Any, n_replicates: int, seeded: Callable[[Any, int], Any
             inner(folder)
             (folder / "replicates.md").write_text(_replicates_table(seeds, [o.metrics for o in outcomes], names))
 
-    _report(metrics, [o.state for o in outcomes], cfg, extra, write)
+    _report(metrics, [o.state for o in outcomes], cfg, extra, write,
+            _trial_figure(figure, history[: epochs - 1] + [metrics], cfg) if figure else None)
+
+
+def _trial_figure(figure: tuple[str, str], history: list[dict[str, float]], cfg: Any) -> Callable[[Path], None]:
+    """Draws the trial's figure here, in the trial's process, so the driver's
+    scheduling loop does not wait on matplotlib."""
+    from tuning.experiments import experiment_kind
+    from tuning.plots import TRIAL_PLOT, plot_trial
+
+    kind_name, title = figure
+
+    def draw(folder: Path) -> None:
+        kind = experiment_kind(kind_name)
+        plot_trial(history, kind, title, kind.describe_eval(cfg), folder / TRIAL_PLOT)
+
+    return draw
 
 
 def replicate_seed(cfg: Any) -> int:
@@ -176,6 +202,8 @@ def _start_trial(cpus: float, n_replicates: int = 1) -> list[Optional[TrainState
     for name in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
         logging.getLogger(name).setLevel(logging.WARNING)  # one INFO line per checkpoint otherwise
     torch.set_num_threads(max(1, int(cpus)))
+    if torch.cuda.is_available():  # the process may be reused from an earlier trial (reuse_actors)
+        torch.cuda.empty_cache()
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return [None] * n_replicates
@@ -227,7 +255,7 @@ def train_cnnf(config: dict[str, Any], *, base: ExperimentConfig, cpus: float, g
         return ReplicateOutcome(metrics, final_state, {"eval": [val.as_dict(), test.as_dict()]},
                                 _write_eval_report(val, test, f"{rcfg.model.arch} ind={rcfg.model.ind}"))
 
-    run_replicates(cfg, replicates, _seeded_cnnf, cfg.train.epochs, run_one, resume)
+    run_replicates(cfg, replicates, _seeded_cnnf, cfg.train.epochs, run_one, resume, ("cnnf", trial_title(config)))
 
 
 def _seeded_cnnf(cfg: ExperimentConfig, replicate: int) -> ExperimentConfig:
@@ -398,7 +426,7 @@ def train_fl(config: dict[str, Any], *, base: FLConfig, cpus: float, gpus: float
                                 _write_fl_report(rcfg, base_reports, control_reports, reports, all_stats, centre,
                                                  centre_images(splits, margins, stats), variant.name))
 
-    run_replicates(cfg, replicates, _seeded_fl, cfg.retrain.epochs, run_one, resume)
+    run_replicates(cfg, replicates, _seeded_fl, cfg.retrain.epochs, run_one, resume, ("fl", trial_title(config)))
 
 
 def _seeded_fl(cfg: FLConfig, replicate: int) -> FLConfig:

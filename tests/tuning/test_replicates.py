@@ -71,8 +71,8 @@ class Recorder:
         self.reports: list[dict[str, Any]] = []
 
     def __call__(self, metrics: dict, states: list, config: Any, extra: Optional[dict] = None,
-                 write_report: Optional[Callable[[Path], None]] = None) -> None:
-        self.reports.append({"metrics": metrics, "states": states, "extra": extra, "write": write_report})
+                 write_report: Optional[Callable[[Path], None]] = None, write_root: Optional[Callable[[Path], None]] = None) -> None:
+        self.reports.append({"metrics": metrics, "states": states, "extra": extra, "write": write_report, "write_root": write_root})
 
 
 def fake_run_one(epochs: int, acc: dict[int, list[float]]) -> Callable:
@@ -101,7 +101,7 @@ def test_run_replicates_reports_each_epoch_mean_then_the_final_mean(monkeypatch,
     monkeypatch.setattr(trainables, "_report", rec)
     cfg = ExperimentConfig()
     acc = {0: [0.1, 0.2, 0.3], 1: [0.3, 0.4, 0.5], 2: [0.2, 0.3, 0.7]}
-    run_replicates(cfg, 3, trainables._seeded_cnnf, 3, fake_run_one(3, acc), [None] * 3)
+    run_replicates(cfg, 3, trainables._seeded_cnnf, 3, fake_run_one(3, acc), [None] * 3, ("cnnf", "trial 0: x=1"))
 
     # epochs 1 and 2 on their own; epoch 3 goes with the final report
     assert len(rec.reports) == 3
@@ -128,6 +128,10 @@ def test_run_replicates_reports_each_epoch_mean_then_the_final_mean(monkeypatch,
     md = (tmp_path / "replicates.md").read_text()
     assert "| seed | val_acc | val_clean_acc |" in md  # test_ metrics are not shown
     assert "| 1 | 0.5000 | 0.4000 |" in md
+    # the trial figure, drawn in the trial's process into the checkpoint root
+    assert all(r["write_root"] is None for r in rec.reports[:-1])
+    final["write_root"](tmp_path)
+    assert (tmp_path / "trial.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_run_replicates_with_one_replicate(monkeypatch, tmp_path: Path) -> None:
