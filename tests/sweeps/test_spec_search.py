@@ -169,28 +169,22 @@ def test_condition_parent_must_be_listed_earlier(write_sweep) -> None:
     assert "listed before: none" in error.message
 
 
-def test_condition_parent_must_be_in_the_space(write_sweep) -> None:
-    space = "  model.ind: {choice: [0, 1, 2]}\n  train.clean_coef: {uniform: [0.5, 1.0], when: {train.n_iterations: 1}}\n"
-    expect_error(write_sweep, sweep_text("", space), "space.train.clean_coef.when.train.n_iterations",
-                 "listed before: model.ind", "train.clean_coef:")
+BAD_CONDITIONS = [  # (space, key in the message, text in the message)
+    ("  model.ind: {choice: [0, 1, 2]}\n  train.clean_coef: {uniform: [0.5, 1.0], when: {train.n_iterations: 1}}\n",
+     "space.train.clean_coef.when.train.n_iterations", "listed before: model.ind"),
+    ("  model.ind: {choice: [0, 2]}\n  train.clean_coef: {uniform: [0.5, 1.0], when: {model.ind: [1]}}\n",
+     "space.train.clean_coef.when.model.ind", "values [1] are not among model.ind's values [0, 2]"),
+    ("  train.n_iterations: {int: [1, 3]}\n  train.clean_coef: {uniform: [0.5, 1.0], when: {train.n_iterations: 5}}\n",
+     "space.train.clean_coef.when.train.n_iterations", "outside train.n_iterations's range [1, 3]"),
+    ("  model.step_size: {loguniform: [0.05, 0.2]}\n  train.clean_coef: {uniform: [0.5, 1.0], when: {model.step_size: 0.1}}\n",
+     "space.train.clean_coef.when.model.step_size", "is continuous"),
+]
 
 
-def test_condition_values_must_be_the_parents(write_sweep) -> None:
-    space = "  model.ind: {choice: [0, 2]}\n  train.clean_coef: {uniform: [0.5, 1.0], when: {model.ind: [1]}}\n"
-    expect_error(write_sweep, sweep_text("", space), "space.train.clean_coef.when.model.ind",
-                 "values [1] are not among model.ind's values [0, 2]", "train.clean_coef:")
-
-
-def test_condition_values_must_be_inside_an_int_range(write_sweep) -> None:
-    space = "  train.n_iterations: {int: [1, 3]}\n  train.clean_coef: {uniform: [0.5, 1.0], when: {train.n_iterations: 5}}\n"
-    expect_error(write_sweep, sweep_text("", space), "space.train.clean_coef.when.train.n_iterations",
-                 "outside train.n_iterations's range [1, 3]", "train.clean_coef:")
-
-
-def test_condition_on_a_continuous_parent_is_rejected(write_sweep) -> None:
-    space = "  model.step_size: {loguniform: [0.05, 0.2]}\n  train.clean_coef: {uniform: [0.5, 1.0], when: {model.step_size: 0.1}}\n"
-    expect_error(write_sweep, sweep_text("", space), "space.train.clean_coef.when.model.step_size",
-                 "is continuous", "train.clean_coef:")
+@pytest.mark.parametrize("space,key,needle", BAD_CONDITIONS,
+                         ids=["parent-not-listed-before", "value-not-a-choice", "value-outside-int-range", "continuous-parent"])
+def test_bad_condition_is_rejected(write_sweep, space: str, key: str, needle: str) -> None:
+    expect_error(write_sweep, sweep_text("", space), key, needle, "train.clean_coef:")
 
 
 def test_condition_with_two_parents_is_rejected(write_sweep) -> None:
