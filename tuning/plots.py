@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tuning.experiments import ExperimentKind
+from tuning.space import public_params
 
 
 def _fmt(value: Any) -> str:
@@ -20,7 +21,7 @@ TRIAL_PLOT = "trial.png"
 
 def trial_title(config: dict[str, Any]) -> str:
     """'trial N: p=v, ...' from a trial's sampled config."""
-    params = ", ".join(f"{k}={_fmt(v)}" for k, v in config.items() if not k.startswith("_"))
+    params = ", ".join(f"{k}={_fmt(v)}" for k, v in public_params(config).items())
     return f"trial {config.get('_trial', '?')}: {params}"
 
 

@@ -132,8 +132,8 @@ def _pid_alive(pid: Optional[int], host: Optional[str]) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, owned by another user
+        pass
     return True
 
 
@@ -178,10 +178,7 @@ def sweep_info(sweep_dir: Path) -> SweepInfo:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
         done = [t for t in trials if t.state == TrialState.COMPLETE]
         if done:
-            if len(state["metrics"]) == 1:
-                pick = (max if state["modes"][0] == "max" else min)(done, key=lambda t: t.values[0])
-            else:
-                pick = study.best_trials[0]
+            pick = study.best_trials[0]  # the best trial; with several objectives, a Pareto-optimal one
             best = (pick.number, list(pick.values), dict(pick.params))
     status = state.get("status", "RUNNING")
     alive = _pid_alive(state.get("driver_pid"), state.get("driver_host"))

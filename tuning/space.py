@@ -108,6 +108,11 @@ def field_paths(config: Any, prefix: str = "") -> list[str]:
     return paths
 
 
+def public_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The sampled values, without the sweep's bookkeeping keys (`_trial`, the trial number)."""
+    return {k: v for k, v in params.items() if not k.startswith("_")}
+
+
 def apply_params(config: Any, params: Mapping[str, Any]) -> Any:
     """Return `config` with each dotted path set, rebuilt with dataclasses.replace.
 
@@ -115,9 +120,7 @@ def apply_params(config: Any, params: Mapping[str, Any]) -> Any:
     """
     nested: dict[str, dict[str, Any]] = {}
     direct: dict[str, Any] = {}
-    for path, value in params.items():
-        if path.startswith("_"):  # bookkeeping keys of the sweep (the trial number), not config fields
-            continue
+    for path, value in public_params(params).items():
         head, _, rest = path.partition(".")
         if rest:
             nested.setdefault(head, {})[rest] = value

@@ -22,7 +22,7 @@ from ray.tune.experiment import Trial
 
 from tuning.experiments import FINAL_KEY, REPORT_DIR, TRIAL_KEY, ExperimentKind
 from tuning.plots import TRIAL_PLOT, plot_trial, trial_title
-from tuning.space import Choice, Grid, IntRange, LogUniform, ParamSpec, apply_params
+from tuning.space import Choice, Grid, IntRange, LogUniform, ParamSpec, apply_params, public_params
 
 TRIAL_ID_TAG = "ray.trial_id"
 TRIAL_NUMBER_TAG = "optuna.trial"  # the trial's identity across retries and resumes
@@ -276,9 +276,7 @@ class MlflowTrialCallback(Callback):
 
     # helpers -----------------------------------------------------------------
     def _logged(self, key: str) -> bool:
-        if key in self.kind.metrics:
-            return True
-        return key.endswith("_std") and key[: -len("_std")] in self.kind.metrics
+        return _base_name(key) in self.kind.metrics  # a metric of the kind, or its std over replicates
 
     def _find_run(self, number: str) -> Any:
         if not number:
@@ -317,11 +315,6 @@ class MlflowTrialCallback(Callback):
 
 def _base_name(metric: str) -> str:
     return metric[: -len("_std")] if metric.endswith("_std") else metric
-
-
-def public_params(config: dict[str, Any]) -> dict[str, Any]:
-    """The sampled values, without the sweep's bookkeeping keys."""
-    return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
 def _first_error_line(trial: Trial) -> str:

@@ -20,7 +20,7 @@ from cnnf.data import check_available, dataset_info, load_splits
 from cnnf.evaluate import evaluate, suite_from_config
 from cnnf.models import InferenceModel
 from cnnf.plots import accuracy_vs_eps
-from cnnf.report import EvalReport
+from cnnf.report import EvalReport, mean_std
 from cnnf.tables import checks_table, cnnf_table
 from cnnf.train import EpochResult, TrainState, build_model, fit, load_train_state, save_train_state, transfer_source
 
@@ -45,7 +45,6 @@ class ReplicateOutcome:
     """The end of one replicate (one seed) of a trial."""
 
     metrics: dict[str, float]  # final metrics, including the last epoch's
-    state: Optional[TrainState]  # training state at the end (None only if nothing trained)
     extra: dict[str, Any] = field(default_factory=dict)  # JSON for the checkpoint's config.json
     write_report: Optional[Callable[[Path], None]] = None  # files for the run's report/ artifacts
 
@@ -84,10 +83,9 @@ def mean_over_replicates(per_replicate: list[dict[str, float]]) -> dict[str, flo
         values = [m[key] for m in per_replicate if isinstance(m.get(key), (int, float)) and not isinstance(m.get(key), bool)]
         if len(values) != len(per_replicate):
             continue
-        t = torch.tensor(values, dtype=torch.float64)
-        out[key] = float(t.mean())
+        out[key], std = mean_std(values)
         if key != "epoch":
-            out[f"{key}_std"] = float(t.std(correction=1))
+            out[f"{key}_std"] = std
     return out
 
 
@@ -116,7 +114,10 @@ def run_replicates(cfg: Any, n_replicates: int, seeded: Callable[[Any, int], Any
     history = [mean_over_replicates([_epoch_metrics(r) for r in results])
                for results in zip(*[state.history if state is not None else [] for state in resume])]
 
+    states = list(resume)  # each replicate's latest training state: the checkpoint's, then each round's
+
     def on_round(items: list[tuple[EpochResult, TrainState]]) -> None:
+        states[:] = [s for _, s in items]
         if items[0][0].epoch < epochs:
             metrics = mean_over_replicates([_epoch_metrics(r) for r, _ in items])
             history.append(metrics)
@@ -146,7 +147,7 @@ def run_replicates(cfg: Any, n_replicates: int, seeded: Callable[[Any, int], Any
             inner(folder)
             (folder / "replicates.md").write_text(_replicates_table(seeds, [o.metrics for o in outcomes], names))
 
-    _report(metrics, [o.state for o in outcomes], cfg, extra, write,
+    _report(metrics, states, cfg, extra, write,
             _trial_figure(figure, history[: epochs - 1] + [metrics], cfg) if figure else None)
 
 
@@ -239,20 +240,14 @@ def train_cnnf(config: dict[str, Any], *, base: ExperimentConfig, cpus: float, g
     init = _transfer_weights(cfg, splits, Path(stage_dir) if stage_dir else None)
 
     def run_one(rcfg: ExperimentConfig, state: Optional[TrainState], on_epoch: Callable[[EpochResult, TrainState], None]) -> ReplicateOutcome:
-        last: dict[str, Any] = {}
-
-        def callback(result: EpochResult, snapshot: TrainState) -> None:
-            on_epoch(result, snapshot)
-            last["result"], last["state"] = result, snapshot
-
-        fitted = fit(rcfg, splits, callback=callback, resume=state, init=init)
-        result, final_state = last.get("result", fitted.history[-1]), last.get("state", state)
+        fitted = fit(rcfg, splits, callback=on_epoch, resume=state, init=init)
+        result = fitted.history[-1]  # the history includes the epochs before a resume
         suite = suite_from_config(rcfg.eval, rcfg.eval_iterations)
         val = evaluate(fitted.model, splits.val, suite, split="val")
         # The integrity checks run once, on the validation split.
         test = evaluate(fitted.model, splits.test, replace(suite, checks=False), split="test")
         metrics = {**_epoch_metrics(result), **val.metrics("val_"), **test.metrics("test_")}
-        return ReplicateOutcome(metrics, final_state, {"eval": [val.as_dict(), test.as_dict()]},
+        return ReplicateOutcome(metrics, {"eval": [val.as_dict(), test.as_dict()]},
                                 _write_eval_report(val, test, f"{rcfg.model.arch} ind={rcfg.model.ind}"))
 
     run_replicates(cfg, replicates, _seeded_cnnf, cfg.train.epochs, run_one, resume, ("cnnf", trial_title(config)))
@@ -399,14 +394,8 @@ def train_fl(config: dict[str, Any], *, base: FLConfig, cpus: float, gpus: float
     control_reports = _control_reports(cfg, net, splits, stages)
 
     def run_one(rcfg: FLConfig, state: Optional[TrainState], on_epoch: Callable[[EpochResult, TrainState], None]) -> ReplicateOutcome:
-        last: dict[str, Any] = {}
-
-        def callback(result: EpochResult, snapshot: TrainState) -> None:
-            on_epoch(result, snapshot)
-            last["result"], last["state"] = result, snapshot
-
-        variant = retrain(net, splits, margins, stats, rcfg, callback=callback, resume=state)
-        result, final_state = last.get("result", variant.history[-1]), last.get("state", state)
+        variant = retrain(net, splits, margins, stats, rcfg, callback=on_epoch, resume=state)
+        result = variant.history[-1]  # the history includes the epochs before a resume
         reports = evaluate_model(variant.net, splits, rcfg)
         all_stats = [("original", stats)]
         metrics: dict[str, Any] = {**_epoch_metrics(result), **reports["val"].metrics("val_"), **reports["test"].metrics("test_"),
@@ -422,7 +411,7 @@ def train_fl(config: dict[str, Any], *, base: FLConfig, cpus: float, gpus: float
                   (variant.name, centre_margins(variant.net, splits, margins, stats, rcfg).tolist())]
         extra = {"eval": [reports["val"].as_dict(), reports["test"].as_dict()], "plan": variant.plan.as_dict() if variant.plan else None,
                  "margins": {name: s.as_dict() for name, s in all_stats}}
-        return ReplicateOutcome(metrics, final_state, extra,
+        return ReplicateOutcome(metrics, extra,
                                 _write_fl_report(rcfg, base_reports, control_reports, reports, all_stats, centre,
                                                  centre_images(splits, margins, stats), variant.name))
 

@@ -80,7 +80,6 @@ def fake_run_one(epochs: int, acc: dict[int, list[float]]) -> Callable:
 
     def run_one(cfg: ExperimentConfig, state: Optional[TrainState], on_epoch: Callable) -> ReplicateOutcome:
         seed = cfg.train.seed
-        snapshot = None
         for epoch in range(1, epochs + 1):
             result = EpochResult(epoch, 1.0 / epoch, 1.0 / epoch, 0.0, 0.5, acc[seed][epoch - 1], 0.1, 100.0)
             snapshot = TrainState(epoch, {"w": torch.tensor([float(seed)])}, {})
@@ -91,7 +90,7 @@ def fake_run_one(epochs: int, acc: dict[int, list[float]]) -> Callable:
         def write(folder: Path) -> None:
             (folder / "evaluation.md").write_text(f"seed {seed}\n")
 
-        return ReplicateOutcome(metrics, snapshot, {"eval": [{"split": "val", "seed": seed}, {"split": "test"}]}, write)
+        return ReplicateOutcome(metrics, {"eval": [{"split": "val", "seed": seed}, {"split": "test"}]}, write)
 
     return run_one
 
@@ -114,6 +113,7 @@ def test_run_replicates_reports_each_epoch_mean_then_the_final_mean(monkeypatch,
     final = rec.reports[-1]
     m = final["metrics"]
     assert m[FINAL_KEY] is True
+    assert [(s.epoch, float(s.model["w"])) for s in final["states"]] == [(3, 0.0), (3, 1.0), (3, 2.0)]  # the last epoch's states
     assert m["val_acc"] == pytest.approx(statistics.mean([0.3, 0.5, 0.7]))
     assert m["val_clean_acc_std"] == pytest.approx(statistics.stdev([0.2, 0.4, 0.6]))
     # the per-seed table in the checkpoint's config.json
