@@ -6,6 +6,8 @@ Ray, Optuna and MLflow are imported inside `launch` only, so `--help` and
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -107,9 +109,10 @@ def _fail(exc: Exception) -> None:
 def launch(
     file: Path = typer.Argument(..., help="sweep YAML file"),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="override the spec's output_dir"),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (auto, ray://HOST:PORT); default: a local Ray"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (auto, HOST:6379, ray://HOST:10001); default: a local Ray"),
+    sweep_id: Optional[str] = typer.Option(None, "--sweep-id", hidden=True, help="the sweep folder's name (set by sweep submit)"),
 ) -> None:
-    """Run a sweep (Ray Tune + Optuna) and record it in MLflow."""
+    """Run a sweep (Ray Tune + Optuna) here and record it in MLflow; `--address` joins an existing Ray cluster."""
     import dataclasses
 
     loaded = _load(file)
@@ -121,10 +124,80 @@ def launch(
     from tuning.runner import LaunchError, launch_sweep
 
     try:
-        outcome = launch_sweep(config, loaded.text, spec_path=file.resolve(), address=address)
+        outcome = launch_sweep(config, loaded.text, spec_path=file.resolve(), address=address, sweep_id=sweep_id)
     except (DataNotFoundError, LaunchError) as exc:
         _fail(exc)
     _outcome(outcome)
+
+
+def _is_dashboard(address: Optional[str]) -> bool:
+    return bool(address) and address.startswith(("http://", "https://"))
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    out_env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            err.print(f"error: --env {pair!r}: expected KEY=VALUE")
+            raise typer.Exit(EXIT_INVALID)
+        out_env[key] = value
+    return out_env
+
+
+def _submitted(job, client, address: str, *, wait: bool, start_timeout_s: float) -> None:
+    from tuning.jobs import follow_logs, wait_started
+    from tuning.runner import LaunchError
+
+    out.print(f"submitted sweep {job.sweep_id} as Ray job {job.job_id} to {address}", style="bold", soft_wrap=True)
+    try:
+        if wait:
+            final = follow_logs(client, address, job.job_id)
+            out.print(f"Ray job {job.job_id}: {final.status}", soft_wrap=True)
+            if final.status != "SUCCEEDED":
+                raise typer.Exit(EXIT_INTERRUPTED if final.status == "STOPPED" else EXIT_FAILED)
+            return
+        started = wait_started(client, address, job, start_timeout_s)
+    except LaunchError as exc:
+        _fail(exc)
+    if started.status == "PENDING":
+        out.print(f"the job is still PENDING after {start_timeout_s:g} s (its runtime environment is being set up, "
+                  "or the cluster is busy)", soft_wrap=True)
+    else:
+        out.print(f"running: trials go to MLflow at {job.tracking_uri}, the sweep folder is {job.output_root}/{job.sweep_id}",
+                  soft_wrap=True)
+    out.print(f"  sweep status {job.sweep_id} --address {address}", soft_wrap=True)
+    out.print(f"  sweep logs {job.sweep_id} --address {address} --follow", soft_wrap=True)
+    out.print(f"  sweep stop {job.sweep_id} --address {address}", soft_wrap=True)
+
+
+@app.command()
+def submit(
+    file: Path = typer.Argument(..., help="sweep YAML file (inside the working directory)"),
+    address: str = typer.Option(..., "--address", help="the cluster's dashboard (Ray Jobs) address, http://HEAD:8265"),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o",
+                                              help="override the spec's output_dir: an absolute path on storage every node mounts"),
+    working_dir: Path = typer.Option(Path("."), "--working-dir", help="folder uploaded with the job (outputs, .venv, .git left out)"),
+    env: list[str] = typer.Option([], "--env", help="KEY=VALUE for the job's environment, e.g. CNNF_DATA_ROOT=/shared/data (repeatable)"),
+    wait: bool = typer.Option(False, "--wait", help="stream the job's logs until it ends; exit with its outcome"),
+    start_timeout: float = typer.Option(300.0, "--start-timeout", help="seconds to wait for the sweep to start"),
+) -> None:
+    """Run a sweep on a Ray cluster as a Ray job; prints the job id (the sweep id)."""
+    import dataclasses
+
+    loaded = _load(file)
+    config = loaded.config
+    if output_dir is not None:
+        config = dataclasses.replace(config, output_dir=str(output_dir))
+
+    from tuning.jobs import submit_sweep
+    from tuning.runner import LaunchError
+
+    try:
+        job, client = submit_sweep(config, file, address=address, working_dir=working_dir, env=_env(env))
+    except LaunchError as exc:
+        _fail(exc)
+    _submitted(job, client, address, wait=wait, start_timeout_s=start_timeout)
 
 
 @app.command()
@@ -132,13 +205,25 @@ def resume(
     name: str = typer.Argument(..., help="sweep id (<name>-<timestamp>), name (its latest launch) or folder"),
     spec: Optional[Path] = typer.Option(None, "--spec", help="refuse unless this spec equals the one the sweep was launched with"),
     output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o", help=ROOT_HELP),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join; default: a local Ray"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (auto, HOST:6379, ray://...), "
+                                          "or a dashboard http://HEAD:8265 to resume a submitted sweep as a new Ray job"),
+    working_dir: Path = typer.Option(Path("."), "--working-dir", help="with a dashboard address: the folder uploaded with the job"),
+    env: list[str] = typer.Option([], "--env", help="with a dashboard address: KEY=VALUE for the job's environment (repeatable)"),
 ) -> None:
     """Finish an interrupted sweep: exactly the requested trials, none twice, unfinished ones from their checkpoints."""
     from cnnf.data import DataNotFoundError
     from sweeps.spec import SpecError
     from tuning.runner import LaunchError, find_sweep, resume_sweep
 
+    if _is_dashboard(address):
+        from tuning.jobs import submit_resume
+
+        try:
+            job, client = submit_resume(name, address=address, working_dir=working_dir, env=_env(env))
+        except LaunchError as exc:
+            _fail(exc)
+        _submitted(job, client, address, wait=False, start_timeout_s=300)
+        return
     try:
         folder = find_sweep(name, output_dir)
         text = spec.read_text() if spec is not None else None
@@ -148,15 +233,29 @@ def resume(
     _outcome(outcome)
 
 
+JOB_ADDRESS_HELP = "a cluster's dashboard, http://HEAD:8265: the sweep's Ray job"
+
+
 @app.command()
 def stop(
     name: str = typer.Argument(..., help="sweep id, name or folder"),
     output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o", help=ROOT_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=JOB_ADDRESS_HELP),
+    wait: float = typer.Option(0.0, "--wait", help="with --address: seconds to wait for the job to end"),
 ) -> None:
     """Stop a running sweep gracefully (it can be resumed)."""
     from tuning.runner import LaunchError, find_sweep, stop_sweep
 
     try:
+        if address is not None:
+            from tuning.jobs import stop_job
+
+            job = stop_job(address, name, wait_s=wait)
+            ended = f"; the job is {job.status}" if job.status in ("STOPPED", "SUCCEEDED", "FAILED") else ""
+            out.print(f"asked Ray to stop job {job.job_id} of sweep {job.sweep_id}: SIGINT to its driver, which saves Tune's "
+                      f"state and closes the MLflow runs{ended}; continue with: sweep resume {job.sweep_id} --address {address}",
+                      soft_wrap=True)
+            return
         out.print(stop_sweep(find_sweep(name, output_dir)), soft_wrap=True)
     except LaunchError as exc:
         _fail(exc)
@@ -166,12 +265,29 @@ def stop(
 def status(
     name: str = typer.Argument(..., help="sweep id, name or folder"),
     output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o", help=ROOT_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=JOB_ADDRESS_HELP),
 ) -> None:
-    """Trials by state and the best so far."""
+    """Trials by state and the best so far (and, with --address, the sweep's Ray job)."""
     from tuning.runner import LaunchError, find_sweep, sweep_info
 
     try:
-        info = sweep_info(find_sweep(name, output_dir))
+        if address is not None:
+            from tuning.jobs import latest_job, local_folder
+
+            job = latest_job(address, name)
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time)) if job.start_time else "-"
+            out.print(f"sweep {job.sweep_id}: Ray job {job.job_id} ({job.kind}) {job.status}, started {when}, at {address}",
+                      style="bold", soft_wrap=True)
+            if job.message and job.status != "RUNNING":
+                out.print(f"job: {job.message.splitlines()[0]}", soft_wrap=True)
+            folder = local_folder(job)
+            if folder is None:
+                out.print(f"the sweep's folder {job.output_root}/{job.sweep_id} is not visible from here; "
+                          f"its trials are in MLflow at {job.tracking_uri}", soft_wrap=True)
+                return
+            info = sweep_info(folder)
+        else:
+            info = sweep_info(find_sweep(name, output_dir))
     except LaunchError as exc:
         _fail(exc)
     driver = f", driver pid {info.driver_pid}" if info.driver_pid else ""
@@ -186,6 +302,26 @@ def status(
         out.print(f"{label}: trial {number}: {shown} with {_params(params)}", soft_wrap=True)
     if info.status == "DEAD":
         out.print(f"the driver died; continue with: sweep resume {info.sweep_id} -o {info.path.parent}", soft_wrap=True)
+
+
+@app.command()
+def logs(
+    name: str = typer.Argument(..., help="sweep id or name"),
+    address: str = typer.Option(..., "--address", help=JOB_ADDRESS_HELP),
+    follow: bool = typer.Option(False, "--follow", "-f", help="stream until the job ends"),
+) -> None:
+    """The driver's output (Tune's table, the summary) of a submitted sweep's latest Ray job."""
+    from tuning.jobs import follow_logs, job_client, job_logs, sweep_jobs
+    from tuning.runner import LaunchError
+
+    try:
+        if follow:
+            client = job_client(address)
+            follow_logs(client, address, sweep_jobs(client, address, name)[-1].job_id)
+        else:
+            sys.stdout.write(job_logs(address, name)[1])
+    except LaunchError as exc:
+        _fail(exc)
 
 
 @app.command("ls")

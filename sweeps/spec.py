@@ -430,7 +430,28 @@ def parse_sweep(text: str, file: str = "<sweep>", path: Optional[Path] = None) -
     if config.scheduler.metric is not None:
         _check_metric(config.scheduler.metric, ("scheduler", "metric"), kind, lines, file)
     _check_search(config, kind, lines, file)
+    _check_devices(config, lines, file)
     return LoadedSweep(config, text, path or Path(file))
+
+
+def _check_devices(config: SweepConfig, lines: _Lines, file: str) -> None:
+    """A trial sees only the GPUs Ray gives it (as cuda:0, cuda:1, ...): a
+    device naming a GPU needs resources.gpu, and a whole number of them to
+    name any but the first."""
+    gpus = config.resources.gpu
+    for part in ("train", "search"):
+        device = getattr(getattr(config.base, part, None), "device", None)
+        if not isinstance(device, str) or not device.startswith("cuda"):
+            continue
+        path = ("base", part, "device")
+        if gpus <= 0:
+            raise SpecError(file, lines.of(path, key=False), ".".join(path),
+                            f"{device} needs resources.gpu > 0: a trial uses only the GPU Ray gives it (or use auto)")
+        suffix = device.partition(":")[2]
+        index = int(suffix) if suffix.isdigit() else 0
+        if index >= max(1, int(gpus)):
+            raise SpecError(file, lines.of(path, key=False), ".".join(path),
+                            f"a trial with resources.gpu {gpus:g} sees its GPU as cuda:0 only; use auto or cuda")
 
 
 def _check_metric(metric: str, where: Path_, kind: ExperimentKind, lines: _Lines, file: str) -> None:

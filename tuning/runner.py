@@ -33,6 +33,8 @@ STAGES = "stages"  # results trials share (an FL base model and its margins), co
 SPEC_FILE = "sweep.yaml"
 STATE_FILE = "sweep.json"
 TUNE_DIR = "tune"
+STARTED_MARK = "sweep started:"  # printed once the sweep's folder and MLflow runs exist
+JOB_ID_ENV = "SWEEP_RAY_JOB_ID"  # set by `sweep submit` in the job's environment
 
 
 class LaunchError(RuntimeError):
@@ -207,49 +209,74 @@ def stop_sweep(sweep_dir: Path) -> str:
 
 
 def _init_ray(address: Optional[str]) -> bool:
-    """Start (or join) Ray; returns True if this call started it."""
+    """Start a local Ray, or join the cluster at `address` ('auto', 'HOST:PORT',
+    'ray://HOST:10001'); returns True if this call started or joined it."""
     import ray
+
+    from tuning.cluster import explain_ray_error, use_token_auth
 
     if ray.is_initialized():
         return False
+    if address and address.startswith(("http://", "https://")):
+        raise LaunchError(f"--address {address}: that is a Ray dashboard (Jobs) address; "
+                          f"`sweep submit FILE --address {address}` runs a sweep there as a Ray job")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address=address or "local", include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+    use_token_auth()
+    if not address or address == "local":
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+        return True
+    try:
+        ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+    except Exception as exc:  # noqa: BLE001 - unreachable or refused: one line saying which and what to do
+        message = explain_ray_error(exc, address)
+        if message is None:
+            raise
+        raise LaunchError(message) from None
     return True
 
 
-def _check_feasible(cfg: SweepConfig) -> None:
-    """Fail now, naming the request, if no node could ever run one trial."""
-    import ray
+def _check_cluster(cfg: SweepConfig, root: Path, tracking_uri: str, default_tracking: bool) -> None:
+    """Fail now, before anything is written, if the cluster cannot run the sweep
+    as asked; print how its trials pack onto the nodes."""
+    from tuning.cluster import ClusterError, check_cluster
 
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    want_cpu, want_gpu = cfg.resources.cpu, cfg.resources.gpu
-    if not any(n.get("CPU", 0) >= want_cpu and n.get("GPU", 0) >= want_gpu for n in nodes):
-        have = ", ".join(f"node {i}: CPU={n.get('CPU', 0):g} GPU={n.get('GPU', 0):g}" for i, n in enumerate(nodes))
-        raise LaunchError(
-            f"resources: a trial asks for cpu={want_cpu:g} gpu={want_gpu:g}, but no node of the Ray cluster has that ({have})"
-        )
+    try:
+        line = check_cluster(root, tracking_uri, default_tracking, cfg.resources.cpu, cfg.resources.gpu,
+                             cfg.search.max_concurrent)
+    except ClusterError as exc:
+        raise LaunchError(str(exc)) from None
+    print(line, flush=True)
 
 
 # --- launch and resume ------------------------------------------------------------------
 
 
-def launch_sweep(cfg: SweepConfig, spec_text: str, *, spec_path: Optional[Path] = None, address: Optional[str] = None) -> SweepOutcome:
-    """Run the whole sweep and return its outcome (best trial, where to look)."""
+def launch_sweep(cfg: SweepConfig, spec_text: str, *, spec_path: Optional[Path] = None, address: Optional[str] = None,
+                 sweep_id: Optional[str] = None) -> SweepOutcome:
+    """Run the whole sweep and return its outcome (best trial, where to look).
+
+    sweep_id: the sweep folder's name (`sweep submit` chooses it so the Ray
+    job and the folder share it); default `<name>-<timestamp>`.
+    """
     from tuning.tracking import SweepTracker
 
     kind = experiment_kind(cfg.experiment)
     kind.preflight(cfg.base)  # e.g. the dataset files exist
+    root = Path(cfg.output_dir).resolve()
+    if sweep_id is not None and (root / sweep_id).exists():
+        raise LaunchError(f"{root / sweep_id}: exists already; a sweep id names a new folder")
+    tracking_uri = cfg.tracking.uri or f"sqlite:///{root / MLFLOW_DB}"
 
     started_ray = _init_ray(address)
     try:
-        _check_feasible(cfg)
-        root = Path(cfg.output_dir).resolve()
-        out = _sweep_dir(root, cfg.name)
+        _check_cluster(cfg, root, tracking_uri, default_tracking=cfg.tracking.uri is None)
+        out = root / sweep_id if sweep_id is not None else _sweep_dir(root, cfg.name)
         out.mkdir(parents=True)
         (out / SPEC_FILE).write_text(spec_text)
         seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**31)
-        tracking_uri = cfg.tracking.uri or f"sqlite:///{root / MLFLOW_DB}"
-        tracker = SweepTracker(tracking_uri, cfg.tracking.experiment or cfg.name, artifact_location=(root / "mlartifacts").as_uri())
+        # With an MLflow server the server stores the artifacts (proxied); with a file store, next to the sweeps.
+        artifacts = None if tracking_uri.startswith(("http://", "https://")) else (root / "mlartifacts").as_uri()
+        tracker = SweepTracker(tracking_uri, cfg.tracking.experiment or cfg.name, artifact_location=artifacts)
         commit, dirty = _git_commit(spec_path.parent if spec_path else Path.cwd())
         s = cfg.search
         tracker.start_parent(
@@ -304,7 +331,7 @@ def resume_sweep(sweep_dir: Path, *, spec_text: Optional[str] = None, spec_file:
     kind.preflight(cfg.base)
     started_ray = _init_ray(address)
     try:
-        _check_feasible(cfg)
+        _check_cluster(cfg, out.parent, state["tracking_uri"], default_tracking=cfg.tracking.uri is None)
         tracker = SweepTracker(state["tracking_uri"], "", experiment_id=state["experiment_id"])
         tracker.parent_run_id = state["parent_run_id"]
         tracker.client.update_run(tracker.parent_run_id, status="RUNNING")
@@ -431,8 +458,10 @@ def _execute(cfg: SweepConfig, kind: ExperimentKind, out: Path, tracker: Any, st
                 verbose=1,
             ),
         )
-    state.update(status="RUNNING", driver_pid=os.getpid(), driver_host=socket.gethostname())
+    state.update(status="RUNNING", driver_pid=os.getpid(), driver_host=socket.gethostname(),
+                 ray_job_id=os.environ.get(JOB_ID_ENV) or state.get("ray_job_id"))
     _write_state(out, state)
+    print(f"{STARTED_MARK} {out.name} in {out}", flush=True)  # `sweep submit` waits for this line
     status = "FAILED"
     started = time.time()
     try:

@@ -29,6 +29,9 @@ TRIAL_NUMBER_TAG = "optuna.trial"  # the trial's identity across retries and res
 STATE_TAG = "trial.state"  # COMPLETE | PRUNED | FAILED, as told to Optuna
 SWEEP_ID_TAG = "sweep.id"
 PARENT_TAG = "mlflow.parentRunId"
+NODE_ID_TAG = "ray.node_id"  # the Ray node a trial runs on (the latest, if a restart moved it)
+NODE_IP_TAG = "ray.node_ip"
+GPU_IDS_TAG = "ray.gpu_ids"  # the GPUs Ray gave the trial ('' for none)
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ class MlflowTrialCallback(Callback):
         self.last_step: dict[str, int] = {}
         self.done_before: set[str] = set()  # trials whose run was finished before a resume re-ran them
         self.final: dict[str, bool] = {}
+        self.placement: dict[str, dict[str, str]] = {}
         self.n_failed = 0
         self.best: Optional[float] = None
         self._attached = False
@@ -222,10 +226,23 @@ class MlflowTrialCallback(Callback):
         else:
             self.last_step[tid] = step
             self.history[tid].append(metrics)
-        if not metrics:
+        tags = self._placement_tags(tid, result)
+        if not metrics and not tags:
             return
         timestamp = int(result.get("timestamp", 0) * 1000)
-        self.client.log_batch(self.run_ids[tid], metrics=[Metric(k, v, timestamp, step) for k, v in metrics.items()])
+        self.client.log_batch(self.run_ids[tid], metrics=[Metric(k, v, timestamp, step) for k, v in metrics.items()], tags=tags)
+
+    def _placement_tags(self, tid: str, result: dict) -> list[Any]:
+        """Tags saying where the trial runs (Ray node, its IP, the GPUs Ray gave it), when that changes."""
+        from mlflow.entities import RunTag
+
+        where = {NODE_ID_TAG: result.get("trial_node_id"), NODE_IP_TAG: result.get("node_ip"),
+                 GPU_IDS_TAG: result.get("trial_gpu_ids")}
+        where = {k: str(v) for k, v in where.items() if v is not None}
+        if not where or self.placement.get(tid) == where:
+            return []
+        self.placement[tid] = where
+        return [RunTag(k, v) for k, v in where.items()]
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         run_id = self.run_ids.get(trial.trial_id)

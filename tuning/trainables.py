@@ -30,6 +30,7 @@ from fl.plots import class_centres, class_robustness, margin_heatmap
 from fl.stages import cached_stage, config_key
 from fl.stats import MarginStats, margin_stats, r_spread
 from fl.tables import adjacent_share_table, centre_table, fl_table, robustness_table
+from tuning.cluster import trial_placement
 from tuning.experiments import FINAL_KEY, REPORT_DIR, ExperimentKind, register_experiment
 from tuning.lockstep import run_lockstep
 from tuning.plots import trial_title
@@ -60,6 +61,7 @@ def _report(metrics: dict[str, float], states: list[Optional[TrainState]], confi
     which the tracker logs as run artifacts."""
     from ray import tune
 
+    metrics = {**metrics, **trial_placement()}  # where the trial ran: its MLflow run's tags
     with tempfile.TemporaryDirectory() as tmp:
         for i, state in enumerate(states):
             if state is not None:
@@ -195,9 +197,16 @@ def _epoch_metrics(result: EpochResult) -> dict[str, float]:
 EPOCH_METRICS = ("train_loss", "train_ce", "train_recon", "train_acc", "val_acc", "seconds", "images_per_s")
 
 
-def _start_trial(cpus: float, n_replicates: int = 1) -> list[Optional[TrainState]]:
+def _start_trial(cpus: float, n_replicates: int = 1, gpus: float = 0.0) -> list[Optional[TrainState]]:
     """Per-trial process setup; returns each replicate's training state to
-    resume from when Tune restarts the trial from its last checkpoint."""
+    resume from when Tune restarts the trial from its last checkpoint.
+
+    A trial given a GPU sees only that one (Ray sets CUDA_VISIBLE_DEVICES),
+    as cuda:0. With a fraction of a GPU (several trials packed on one), the
+    trial's PyTorch allocator is capped at that fraction of the GPU's memory,
+    so a trial that outgrows its share fails alone with an out-of-memory
+    error instead of starving the trials beside it.
+    """
     from ray import tune
 
     for name in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
@@ -205,6 +214,10 @@ def _start_trial(cpus: float, n_replicates: int = 1) -> list[Optional[TrainState
     torch.set_num_threads(max(1, int(cpus)))
     if torch.cuda.is_available():  # the process may be reused from an earlier trial (reuse_actors)
         torch.cuda.empty_cache()
+        if gpus > 0:
+            torch.cuda.set_device(0)
+            if gpus < 1:
+                torch.cuda.set_per_process_memory_fraction(gpus, 0)
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return [None] * n_replicates
@@ -233,7 +246,7 @@ def train_cnnf(config: dict[str, Any], *, base: ExperimentConfig, cpus: float, g
     may optimise) and on the test split (`test_*`, for reporting only).
     With replicates, each seed trains in turn and every metric is their mean.
     """
-    resume = _start_trial(cpus, replicates)
+    resume = _start_trial(cpus, replicates, gpus)
     cfg = apply_params(base, config)
     cfg = replace(cfg, train=replace(cfg.train, device=trial_device(cfg.train.device, gpus)))
     splits = load_splits(cfg.data)
@@ -380,7 +393,7 @@ def train_fl(config: dict[str, Any], *, base: FLConfig, cpus: float, gpus: float
     them); the trial selects with its quotas, generates, retrains (reporting
     each epoch with a checkpoint), then evaluates and searches the retrained
     model's margins. Replicates vary the selection and retraining seeds."""
-    resume = _start_trial(cpus, replicates)
+    resume = _start_trial(cpus, replicates, gpus)
     cfg = apply_params(base, config)
     device = trial_device(cfg.train.device, gpus)
     cfg = replace(cfg, train=replace(cfg.train, device=device),
