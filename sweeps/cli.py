@@ -6,6 +6,7 @@ Ray, Optuna and MLflow are imported inside `launch` only, so `--help` and
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -86,8 +87,11 @@ def _outcome(outcome) -> None:  # SweepOutcome -> exit code
         if outcome.best_url:
             out.print(f"  then browse {outcome.best_url}", soft_wrap=True)
     if outcome.status == "KILLED":
-        out.print(f"the finished trials are recorded; continue with: sweep resume {outcome.sweep_id} -o {outcome.output_dir.parent}",
-                  soft_wrap=True)
+        from tuning.runner import JOBS_ADDRESS_ENV
+
+        jobs = os.environ.get(JOBS_ADDRESS_ENV)  # running as a Ray job: resume as one
+        where = f"--address {jobs}" if jobs else f"-o {outcome.output_dir.parent}"
+        out.print(f"the finished trials are recorded; continue with: sweep resume {outcome.sweep_id} {where}", soft_wrap=True)
         raise typer.Exit(EXIT_INTERRUPTED)
     if outcome.best is None and not outcome.pareto:
         err.print("error: no trial finished with the objective; see the trial errors above")

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 from tuning.cluster import ClusterError, check_feasible, check_tracking, explain_ray_error, node_slots, use_token_auth
 from tuning.config import SweepConfig
-from tuning.runner import JOB_ID_ENV, STARTED_MARK, LaunchError, find_sweep
+from tuning.runner import JOB_ID_ENV, JOBS_ADDRESS_ENV, STARTED_MARK, LaunchError, find_sweep
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # Never uploaded with the working directory (Ray also honours .gitignore there).
@@ -121,7 +121,8 @@ def _entry(*args: str) -> str:
     return " ".join(shlex.quote(a) for a in ["python", "-m", "sweeps.cli", *args])
 
 
-def _runtime_env(working_dir: Path, output_root: Path, job_id: str, env: dict[str, str], stop_wait_s: int) -> dict[str, Any]:
+def _runtime_env(working_dir: Path, output_root: Path, job_id: str, env: dict[str, str], stop_wait_s: int,
+                 address: str) -> dict[str, Any]:
     import os
 
     excludes = list(EXCLUDES)
@@ -129,7 +130,7 @@ def _runtime_env(working_dir: Path, output_root: Path, job_id: str, env: dict[st
         excludes.append("/" + str(output_root.relative_to(working_dir)))  # outputs under the working directory
     except ValueError:
         pass
-    env_vars = {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": str(stop_wait_s), JOB_ID_ENV: job_id,
+    env_vars = {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": str(stop_wait_s), JOB_ID_ENV: job_id, JOBS_ADDRESS_ENV: address,
                 "RAY_USAGE_STATS_ENABLED": os.environ.get("RAY_USAGE_STATS_ENABLED", "0"), "PYTHONUNBUFFERED": "1",
                 **env}
     if "RAY_AUTH_MODE" in os.environ:  # the driver's own connection uses the mode the submitter uses
@@ -174,7 +175,7 @@ def submit_sweep(cfg: SweepConfig, spec_path: Path, *, address: str, working_dir
     entrypoint = _entry("launch", str(rel_spec), "--address", "auto", "--output-dir", str(output_root), "--sweep-id", job_id)
     metadata = {"sweep_id": job_id, "output_dir": str(output_root), "spec": str(rel_spec), "sweep_kind": "launch",
                 "tracking_uri": cfg.tracking.uri or f"sqlite:///{output_root / 'mlflow.db'}"}
-    runtime_env = _runtime_env(working_dir, output_root, job_id, env, stop_wait_s)
+    runtime_env = _runtime_env(working_dir, output_root, job_id, env, stop_wait_s, address)
     _call(address, lambda: client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env,
                                             metadata=metadata))
     return _info(_call(address, lambda: client.get_job_info(job_id))), client
@@ -192,7 +193,7 @@ def submit_resume(name: str, *, address: str, working_dir: Path, env: dict[str, 
     entrypoint = _entry("resume", last.sweep_id, "--output-dir", last.output_root, "--address", "auto")
     metadata = {"sweep_id": last.sweep_id, "output_dir": last.output_root, "sweep_kind": "resume",
                 "tracking_uri": last.tracking_uri}
-    runtime_env = _runtime_env(working_dir.resolve(), Path(last.output_root), job_id, env, stop_wait_s)
+    runtime_env = _runtime_env(working_dir.resolve(), Path(last.output_root), job_id, env, stop_wait_s, address)
     _call(address, lambda: client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env,
                                             metadata=metadata))
     return _info(_call(address, lambda: client.get_job_info(job_id))), client

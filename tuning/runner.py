@@ -35,6 +35,7 @@ STATE_FILE = "sweep.json"
 TUNE_DIR = "tune"
 STARTED_MARK = "sweep started:"  # printed once the sweep's folder and MLflow runs exist
 JOB_ID_ENV = "SWEEP_RAY_JOB_ID"  # set by `sweep submit` in the job's environment
+JOBS_ADDRESS_ENV = "SWEEP_JOBS_ADDRESS"  # the dashboard the job was submitted to (for the hints it prints)
 
 
 class LaunchError(RuntimeError):
