@@ -100,6 +100,19 @@ def _outcome(outcome) -> None:  # SweepOutcome -> exit code
         raise typer.Exit(EXIT_FAILED)
 
 
+TRACKING_HELP = "override the spec's tracking.uri, e.g. http://HEAD:5000 (an mlflow server)"
+
+
+def _override(config, output_dir: Optional[Path], tracking_uri: Optional[str]):  # -> SweepConfig
+    import dataclasses
+
+    if output_dir is not None:
+        config = dataclasses.replace(config, output_dir=str(output_dir))
+    if tracking_uri is not None:
+        config = dataclasses.replace(config, tracking=dataclasses.replace(config.tracking, uri=tracking_uri))
+    return config
+
+
 def _params(params: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
@@ -114,15 +127,12 @@ def launch(
     file: Path = typer.Argument(..., help="sweep YAML file"),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="override the spec's output_dir"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (auto, HOST:6379, ray://HOST:10001); default: a local Ray"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
     sweep_id: Optional[str] = typer.Option(None, "--sweep-id", hidden=True, help="the sweep folder's name (set by sweep submit)"),
 ) -> None:
     """Run a sweep (Ray Tune + Optuna) here and record it in MLflow; `--address` joins an existing Ray cluster."""
-    import dataclasses
-
     loaded = _load(file)
-    config = loaded.config
-    if output_dir is not None:
-        config = dataclasses.replace(config, output_dir=str(output_dir))
+    config = _override(loaded.config, output_dir, tracking_uri)
 
     from cnnf.data import DataNotFoundError
     from tuning.runner import LaunchError, launch_sweep
@@ -183,16 +193,12 @@ def submit(
                                               help="override the spec's output_dir: an absolute path on storage every node mounts"),
     working_dir: Path = typer.Option(Path("."), "--working-dir", help="folder uploaded with the job (outputs, .venv, .git left out)"),
     env: list[str] = typer.Option([], "--env", help="KEY=VALUE for the job's environment, e.g. CNNF_DATA_ROOT=/shared/data (repeatable)"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
     wait: bool = typer.Option(False, "--wait", help="stream the job's logs until it ends; exit with its outcome"),
     start_timeout: float = typer.Option(300.0, "--start-timeout", help="seconds to wait for the sweep to start"),
 ) -> None:
     """Run a sweep on a Ray cluster as a Ray job; prints the job id (the sweep id)."""
-    import dataclasses
-
-    loaded = _load(file)
-    config = loaded.config
-    if output_dir is not None:
-        config = dataclasses.replace(config, output_dir=str(output_dir))
+    config = _override(_load(file).config, output_dir, tracking_uri)
 
     from tuning.jobs import submit_sweep
     from tuning.runner import LaunchError

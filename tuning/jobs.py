@@ -172,7 +172,8 @@ def submit_sweep(cfg: SweepConfig, spec_path: Path, *, address: str, working_dir
     except ClusterError as exc:
         raise LaunchError(str(exc)) from None
     job_id = _new_job_id(client, address, f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    entrypoint = _entry("launch", str(rel_spec), "--address", "auto", "--output-dir", str(output_root), "--sweep-id", job_id)
+    tracking = ["--tracking-uri", cfg.tracking.uri] if cfg.tracking.uri else []
+    entrypoint = _entry("launch", str(rel_spec), "--address", "auto", "--output-dir", str(output_root), *tracking, "--sweep-id", job_id)
     metadata = {"sweep_id": job_id, "output_dir": str(output_root), "spec": str(rel_spec), "sweep_kind": "launch",
                 "tracking_uri": cfg.tracking.uri or f"sqlite:///{output_root / 'mlflow.db'}"}
     runtime_env = _runtime_env(working_dir, output_root, job_id, env, stop_wait_s, address)

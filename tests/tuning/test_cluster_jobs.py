@@ -278,8 +278,8 @@ def test_submit_runs_trials_on_both_nodes_and_records_them_in_mlflow(cluster):
 
 def test_stop_saves_state_and_resume_finishes_exactly_the_requested_trials(cluster):
     c = cluster
-    spec = _spec(c, "cluster-stop", epochs=30)
-    r = c.sweep("submit", spec, "--address", c.address)
+    spec = _spec(c, "cluster-stop", epochs=30, tracking=False)  # the server comes from the command line
+    r = c.sweep("submit", spec, "--address", c.address, "--tracking-uri", c.tracking)
     assert r.returncode == 0, r.stdout + r.stderr
     sweep_id = _sweep_id(r.stdout)
     client, _, _ = _runs(c, "cluster-stop")
