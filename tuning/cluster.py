@@ -170,7 +170,8 @@ def unshared_nodes(root: Path, nodes: list[dict[str, Any]], timeout_s: float = 1
         alive = [n for n in nodes if n.get("Alive", True)]
         refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(probe), token)
                 for n in alive]
-        seen = ray.get(refs, timeout=timeout_s)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        seen = [ray.get(ref) if ref in ready else False for ref in refs]  # a node that never answered counts as not seeing it
         return [f"{n.get('NodeManagerAddress', '?')} ({n['NodeID'][:8]})" for n, ok in zip(alive, seen) if not ok]
     finally:
         probe.unlink(missing_ok=True)
