@@ -191,7 +191,7 @@ def check_storage(root: Path, nodes: list[dict[str, Any]]) -> None:
             except OSError:
                 pass
         raise ClusterError(
-            f"output_dir: {root} is not shared: node(s) {', '.join(missing)} of the {len(alive)}-node Ray cluster cannot see it; "
+            f"output_dir: {root} is not shared: node(s) {', '.join(missing)} of the {len(alive)}-node Ray cluster cannot see it (or did not answer within 2 min); "
             "trials checkpoint and share stages there, so on a multi-node cluster it must be storage every node mounts at "
             "the same path (NFS, a cloud file system)")
 
