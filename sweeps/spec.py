@@ -437,20 +437,29 @@ def parse_sweep(text: str, file: str = "<sweep>", path: Optional[Path] = None) -
 def _check_devices(config: SweepConfig, lines: _Lines, file: str) -> None:
     """A trial sees only the GPUs Ray gives it (as cuda:0, cuda:1, ...): a
     device naming a GPU needs resources.gpu, and a whole number of them to
-    name any but the first."""
+    name any but the first. Checks the base and every value the space may
+    sample for a device."""
     gpus = config.resources.gpu
+    candidates: list[tuple[Path_, Any]] = []
     for part in ("train", "search"):
         device = getattr(getattr(config.base, part, None), "device", None)
+        if device is not None:
+            candidates.append((("base", part, "device"), device))
+        spec = config.space.get(f"{part}.device")
+        if isinstance(spec, (Choice, Grid)):
+            candidates += [(("space", f"{part}.device"), value) for value in spec.values]
+    for path, device in candidates:
         if not isinstance(device, str) or not device.startswith("cuda"):
             continue
-        path = ("base", part, "device")
-        if gpus <= 0:
-            raise SpecError(file, lines.of(path, key=False), ".".join(path),
-                            f"{device} needs resources.gpu > 0: a trial uses only the GPU Ray gives it (or use auto)")
+        where = lines.of(path, key=False)
         suffix = device.partition(":")[2]
-        index = int(suffix) if suffix.isdigit() else 0
-        if index >= max(1, int(gpus)):
-            raise SpecError(file, lines.of(path, key=False), ".".join(path),
+        if device != "cuda" and not (device.startswith("cuda:") and suffix.isdigit()):
+            raise SpecError(file, where, ".".join(path), f"expected auto, cpu, cuda or cuda:N, got {device!r}")
+        if gpus <= 0:
+            raise SpecError(file, where, ".".join(path),
+                            f"{device} needs resources.gpu > 0: a trial uses only the GPU Ray gives it (or use auto)")
+        if int(suffix or 0) >= max(1, int(gpus)):
+            raise SpecError(file, where, ".".join(path),
                             f"a trial with resources.gpu {gpus:g} sees its GPU as cuda:0 only; use auto or cuda")
 
 

@@ -216,6 +216,8 @@ def trial_placement() -> dict[str, str]:
     """Where this trial runs: Ray node id and the GPUs Ray gave it (for the trial's MLflow tags)."""
     import ray
 
+    if not ray.is_initialized():  # its calls below would start (or join) a Ray
+        return {}
     try:
         ctx = ray.get_runtime_context()
         node = ctx.get_node_id()

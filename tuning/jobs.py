@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 from tuning.cluster import ClusterError, check_feasible, check_tracking, explain_ray_error, node_slots, use_token_auth
 from tuning.config import SweepConfig
-from tuning.runner import JOB_ID_ENV, JOBS_ADDRESS_ENV, STARTED_MARK, LaunchError, find_sweep
+from tuning.runner import JOB_ID_ENV, JOBS_ADDRESS_ENV, STARTED_MARK, LaunchError, find_sweep, is_launch_of
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # Never uploaded with the working directory (Ray also honours .gitignore there).
@@ -91,7 +91,7 @@ def sweep_jobs(client: Any, address: str, name: str) -> list[JobInfo]:
     jobs = [_info(j) for j in _call(address, client.list_jobs) if (j.metadata or {}).get("sweep_id")]
     mine = [j for j in jobs if j.sweep_id == name or j.job_id == name]
     if not mine:  # a sweep name: the latest sweep of that name
-        named = [j for j in jobs if j.sweep_id.startswith(f"{name}-") and j.sweep_id[len(name) + 1:][:1].isdigit()]
+        named = [j for j in jobs if is_launch_of(j.sweep_id, name)]
         if named:
             latest = max(named, key=lambda j: j.start_time or 0).sweep_id
             mine = [j for j in named if j.sweep_id == latest]
@@ -127,7 +127,7 @@ def _runtime_env(working_dir: Path, output_root: Path, job_id: str, env: dict[st
 
     excludes = list(EXCLUDES)
     try:
-        excludes.append("/" + str(output_root.relative_to(working_dir)))  # outputs under the working directory
+        excludes.append("/" + str(output_root.resolve().relative_to(working_dir.resolve())))  # outputs under the working directory
     except ValueError:
         pass
     env_vars = {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": str(stop_wait_s), JOB_ID_ENV: job_id, JOBS_ADDRESS_ENV: address,

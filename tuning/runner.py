@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import signal
 import socket
@@ -140,6 +141,14 @@ def _pid_alive(pid: Optional[int], host: Optional[str]) -> bool:
     return True
 
 
+_STAMP = re.compile(r"\d{8}-\d{6}(-\d+)?")
+
+
+def is_launch_of(sweep_id: str, name: str) -> bool:
+    """Whether a sweep id is `<name>-<timestamp>[-n]` (not `<name>-2-<timestamp>`, another name)."""
+    return sweep_id.startswith(f"{name}-") and _STAMP.fullmatch(sweep_id[len(name) + 1:]) is not None
+
+
 def find_sweep(name: str, root: Path) -> Path:
     """A sweep folder by path, by id (`<name>-<timestamp>`) or by name (the latest launch)."""
     candidate = Path(name)
@@ -148,7 +157,7 @@ def find_sweep(name: str, root: Path) -> Path:
     root = Path(root)
     if (root / name / STATE_FILE).exists():
         return (root / name).resolve()
-    matches = sorted((p for p in root.glob(f"{name}-*") if (p / STATE_FILE).exists() and p.name[len(name) + 1:][:1].isdigit()),
+    matches = sorted((p for p in root.glob(f"{name}-*") if (p / STATE_FILE).exists() and is_launch_of(p.name, name)),
                      key=lambda p: read_state(p).get("created", 0))
     if not matches:
         known = sorted(p.name for p in root.glob("*") if (p / STATE_FILE).exists()) if root.is_dir() else []
