@@ -177,7 +177,7 @@ def test_check_feasible_names_the_request_and_every_node() -> None:
 
 
 def test_check_feasible_whole_gpus_wording() -> None:
-    with pytest.raises(ClusterError, match=r"gpu=2 \(2 GPUs\)"):
+    with pytest.raises(ClusterError, match=r"gpu=2 \(2 whole GPUs\)"):
         check_feasible(node_slots([node(cpu=8, gpu=1)], cpu=1, gpu=2), cpu=1, gpu=2)
 
 
@@ -567,3 +567,8 @@ def test_check_cluster_on_one_real_node(local_ray, tmp_path: Path) -> None:
 def test_trial_placement_inside_a_task(local_ray) -> None:
     placed = local_ray.get(local_ray.remote(num_cpus=0)(cluster.trial_placement).remote(), timeout=60)
     assert placed == {"trial_node_id": local_ray.get_runtime_context().get_node_id(), "trial_gpu_ids": ""}
+
+
+def test_check_feasible_cpu_only_request_has_no_gpu_clause() -> None:
+    with pytest.raises(ClusterError, match=r"^resources: a trial asks for cpu=4 gpu=0, but no node"):
+        check_feasible(node_slots([node(cpu=2, gpu=0)], cpu=4, gpu=0), cpu=4, gpu=0)

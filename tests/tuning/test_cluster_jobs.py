@@ -333,3 +333,19 @@ def test_cluster_rejections_are_one_line_and_submit_nothing(cluster):
     after = c.sweep("status", "nothing-yet", "--address", c.address).stderr
     assert "cluster-sqlite" not in after and "cluster-gpu" not in after and before.split("there are:")[-1] == after.split("there are:")[-1]
     assert not (c.base / "shared" / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("how", ["gcs", "client"])
+def test_launch_joins_an_existing_cluster(cluster, how):
+    """`sweep launch --address HOST:PORT | ray://HOST:PORT`: the driver runs here, the trials on the cluster's nodes."""
+    c = cluster
+    name = f"cluster-join-{how}"
+    spec = _spec(c, name, epochs=1)
+    address = f"{HEAD_IP}:{c.gcs}" if how == "gcs" else f"ray://127.0.0.1:{c.client}"
+    r = c.sweep("launch", spec, "--address", address, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "cluster: 2 node(s) hold 2 trial(s)" in r.stdout
+    _, parents, children = _runs(c, name)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4 and all(run.info.status == "FINISHED" for run in children)
+    assert {run.data.tags["ray.node_ip"] for run in children} == {HEAD_IP, WORKER_IP}

@@ -108,6 +108,6 @@ def test_infeasible_resources_fail_at_launch_and_write_nothing(tmp_path: Path) -
     out = tmp_path / "out"
     text = TINY_SWEEP.replace("  cpu: 1", "  cpu: 64").replace("resources:", f"output_dir: {out}\nresources:")
     loaded = parse_sweep(text, "tiny.yaml")
-    with pytest.raises(LaunchError, match=r"resources: a trial asks for cpu=64 gpu=0, but no node of the Ray cluster has that \(node 0: CPU="):
+    with pytest.raises(LaunchError, match=r"resources: a trial asks for cpu=64 gpu=0, but no node of the Ray cluster has that \(node \S+ \(\w+\): CPU="):
         launch_sweep(loaded.config, loaded.text)
     assert not out.exists()
