@@ -294,6 +294,12 @@ def status(
             if folder is None:
                 out.print(f"the sweep's folder {job.output_root}/{job.sweep_id} is not visible from here; "
                           f"its trials are in MLflow at {job.tracking_uri}", soft_wrap=True)
+                if job.tracking_uri.startswith(("http://", "https://")):
+                    from tuning.tracking import sweep_counts
+
+                    c = sweep_counts(job.tracking_uri, job.sweep_id)
+                    out.print(f"trials in MLflow: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAILED']} failed, "
+                              f"{c['RUNNING']} running, {c['KILLED']} interrupted", soft_wrap=True)
                 return
             info = sweep_info(folder)
         else:

@@ -101,6 +101,30 @@ class SweepTracker:
         return sorted(out, key=lambda r: (int(r.trial_id) if r.trial_id.isdigit() else 1 << 30, r.run_id))
 
 
+def sweep_counts(tracking_uri: str, sweep_id: str) -> dict[str, int]:
+    """A sweep's trials by state, read from the MLflow store alone (for
+    `sweep status` where the sweep's folder is not visible): COMPLETE,
+    PRUNED, FAILED, RUNNING, KILLED."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    counts = {"COMPLETE": 0, "PRUNED": 0, "FAILED": 0, "RUNNING": 0, "KILLED": 0}
+    token = None
+    while experiments:
+        page = client.search_runs(experiments, f"tags.`{SWEEP_ID_TAG}` = '{sweep_id}'", max_results=1000, page_token=token)
+        for run in page:
+            if PARENT_TAG not in run.data.tags:
+                continue  # the sweep's parent run
+            status, state = run.info.status, run.data.tags.get(STATE_TAG, "")
+            key = status if status in ("RUNNING", "KILLED", "FAILED") else ("PRUNED" if state == "PRUNED" else "COMPLETE")
+            counts[key] += 1
+        token = page.token
+        if not token:
+            break
+    return counts
+
+
 def _parse_params(params: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in params.items():

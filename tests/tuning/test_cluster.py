@@ -572,3 +572,26 @@ def test_trial_placement_inside_a_task(local_ray) -> None:
 def test_check_feasible_cpu_only_request_has_no_gpu_clause() -> None:
     with pytest.raises(ClusterError, match=r"^resources: a trial asks for cpu=4 gpu=0, but no node"):
         check_feasible(node_slots([node(cpu=2, gpu=0)], cpu=4, gpu=0), cpu=4, gpu=0)
+
+
+def test_sweep_counts_reads_trial_states_from_mlflow_alone(tmp_path: Path) -> None:
+    """`sweep status --address` where the sweep folder is not mounted: counts from the MLflow store."""
+    from mlflow import MlflowClient
+
+    from tuning.tracking import PARENT_TAG, STATE_TAG, SWEEP_ID_TAG, sweep_counts
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(exp, tags={SWEEP_ID_TAG: "s-20260101-000000"}).info.run_id
+    other = client.create_run(exp, tags={SWEEP_ID_TAG: "t-20260101-000000"}).info.run_id
+    runs = [("FINISHED", "COMPLETE"), ("FINISHED", "COMPLETE"), ("FINISHED", "PRUNED"), ("FAILED", "FAILED"),
+            ("RUNNING", ""), ("KILLED", "")]
+    for status, state in runs:
+        run = client.create_run(exp, tags={SWEEP_ID_TAG: "s-20260101-000000", PARENT_TAG: parent, STATE_TAG: state})
+        if status != "RUNNING":
+            client.set_terminated(run.info.run_id, status=status)
+    done = client.create_run(exp, tags={SWEEP_ID_TAG: "t-20260101-000000", PARENT_TAG: other, STATE_TAG: "COMPLETE"})
+    client.set_terminated(done.info.run_id, status="FINISHED")
+    assert sweep_counts(uri, "s-20260101-000000") == {"COMPLETE": 2, "PRUNED": 1, "FAILED": 1, "RUNNING": 1, "KILLED": 1}
+    assert sweep_counts(uri, "t-20260101-000000")["COMPLETE"] == 1
