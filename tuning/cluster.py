@@ -103,7 +103,7 @@ def check_feasible(slots: list[NodeSlots], cpu: float, gpu: float) -> None:
     if any(s.trials >= 1 for s in slots):
         return
     have = ", ".join(f"node {s.ip} ({s.node_id[:8]}): CPU={s.cpus:g} GPU={s.gpus}" for s in slots)
-    need = "" if gpu == 0 else f" ({gpu:g} of one GPU)" if gpu < 1 else f" ({gpu:g} whole GPUs)"
+    need = "" if gpu == 0 else f" ({gpu:g} of one GPU)" if gpu < 1 else f" ({gpu:g} whole GPU{'' if gpu == 1 else 's'})"
     raise ClusterError(f"resources: a trial asks for cpu={cpu:g} gpu={gpu:g}{need}, but no node of the Ray cluster "
                        f"has that ({have})")
 

@@ -560,7 +560,7 @@ def test_check_cluster_on_one_real_node(local_ray, tmp_path: Path) -> None:
     line = cluster.check_cluster(tmp_path, f"sqlite:///{tmp_path}/mlflow.db", True, cpu=1, gpu=0, max_concurrent=3)
     assert line.startswith("cluster: 1 node(s) hold 1 trial(s) of cpu=1 gpu=0 at once")
     assert line.endswith("search.max_concurrent=3: 2 of them wait for a slot")
-    with pytest.raises(ClusterError, match=r"cpu=1 gpu=1 \(1 GPUs\)"):  # the node has no GPU
+    with pytest.raises(ClusterError, match=r"cpu=1 gpu=1 \(1 whole GPU\), but"):  # the node has no GPU
         cluster.check_cluster(tmp_path, "sqlite:///x.db", True, cpu=1, gpu=1, max_concurrent=1)
 
 
