@@ -51,18 +51,18 @@ def _check_address(address: str) -> None:
 
 
 def _call(address: str, fn: Callable[[], Any]) -> Any:
-    """Run a Jobs API call; unreachable clusters and refused tokens become one line."""
+    """Run a Jobs API call; a refused token or an unreachable dashboard becomes one line."""
+    from ray.exceptions import AuthenticationError
+
     try:
         return fn()
-    except Exception as exc:  # noqa: BLE001
-        message = explain_ray_error(exc, address)
-        if message is None or isinstance(exc, ConnectionError) or "Failed to connect" in str(exc) or "Connection refused" in str(exc):
-            if "Forbidden" not in str(exc) and "Unauthorized" not in str(exc) and ("connect" in str(exc).lower()):
-                message = (f"nothing answers at {address}: is the Ray head node running with its dashboard there "
-                           "(`ray start --head --dashboard-host=0.0.0.0`), and is the address the dashboard's (port 8265)?")
-        if message is None:
+    except AuthenticationError as exc:
+        raise LaunchError(explain_ray_error(exc, address)) from None
+    except Exception as exc:  # noqa: BLE001 - the HTTP client's connection errors are not builtin ConnectionErrors
+        if not isinstance(exc, ConnectionError) and "connect" not in str(exc).lower():
             raise
-        raise LaunchError(message) from None
+        raise LaunchError(f"nothing answers at {address}: is the Ray head node running with its dashboard there "
+                          "(`ray start --head --dashboard-host=0.0.0.0`), and is the address the dashboard's (port 8265)?") from None
 
 
 def job_client(address: str) -> Any:
