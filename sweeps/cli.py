@@ -144,10 +144,6 @@ def launch(
     _outcome(outcome)
 
 
-def _is_dashboard(address: Optional[str]) -> bool:
-    return bool(address) and address.startswith(("http://", "https://"))
-
-
 def _env(pairs: list[str]) -> dict[str, str]:
     out_env = {}
     for pair in pairs:
@@ -225,7 +221,9 @@ def resume(
     from sweeps.spec import SpecError
     from tuning.runner import LaunchError, find_sweep, resume_sweep
 
-    if _is_dashboard(address):
+    from tuning.cluster import is_dashboard
+
+    if is_dashboard(address):
         from tuning.jobs import submit_resume
 
         try:

@@ -42,6 +42,11 @@ def use_token_auth() -> str:
     return "token"
 
 
+def is_dashboard(address: Optional[str]) -> bool:
+    """A Ray dashboard (Jobs) address, http(s)://HEAD:8265, as opposed to a GCS or Ray Client address."""
+    return bool(address) and address.startswith(("http://", "https://"))
+
+
 def explain_ray_error(exc: BaseException, address: str) -> Optional[str]:
     """One line for a failure to reach or authenticate with a Ray cluster, or None."""
     from ray.exceptions import AuthenticationError

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from tuning.cluster import ClusterError, check_feasible, check_tracking, explain_ray_error, node_slots, use_token_auth
+from tuning.cluster import ClusterError, check_feasible, check_tracking, explain_ray_error, is_dashboard, node_slots, use_token_auth
 from tuning.config import SweepConfig
 from tuning.runner import JOB_ID_ENV, JOBS_ADDRESS_ENV, STARTED_MARK, LaunchError, find_sweep, is_launch_of
 
@@ -45,7 +45,7 @@ class JobInfo:
 
 
 def _check_address(address: str) -> None:
-    if not address.startswith(("http://", "https://")):
+    if not is_dashboard(address):
         raise LaunchError(f"--address {address}: expected the cluster's dashboard address, e.g. http://HEAD:8265 "
                           "(Ray Jobs); `sweep launch --address` joins a cluster by its GCS address instead")
 

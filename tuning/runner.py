@@ -223,11 +223,11 @@ def _init_ray(address: Optional[str]) -> bool:
     'ray://HOST:10001'); returns True if this call started or joined it."""
     import ray
 
-    from tuning.cluster import explain_ray_error, use_token_auth
+    from tuning.cluster import explain_ray_error, is_dashboard, use_token_auth
 
     if ray.is_initialized():
         return False
-    if address and address.startswith(("http://", "https://")):
+    if is_dashboard(address):
         raise LaunchError(f"--address {address}: that is a Ray dashboard (Jobs) address; "
                           f"`sweep submit FILE --address {address}` runs a sweep there as a Ray job")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -341,7 +341,8 @@ def resume_sweep(sweep_dir: Path, *, spec_text: Optional[str] = None, spec_file:
     kind.preflight(cfg.base)
     started_ray = _init_ray(address)
     try:
-        _check_cluster(cfg, out.parent, state["tracking_uri"], default_tracking=cfg.tracking.uri is None)
+        _check_cluster(cfg, out.parent, state["tracking_uri"],
+                       default_tracking=state["tracking_uri"] == f"sqlite:///{out.parent / MLFLOW_DB}")
         tracker = SweepTracker(state["tracking_uri"], "", experiment_id=state["experiment_id"])
         tracker.parent_run_id = state["parent_run_id"]
         tracker.client.update_run(tracker.parent_run_id, status="RUNNING")
