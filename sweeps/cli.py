@@ -7,7 +7,6 @@ Ray, Optuna and MLflow are imported inside `launch` only, so `--help` and
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -325,15 +324,11 @@ def logs(
     follow: bool = typer.Option(False, "--follow", "-f", help="stream until the job ends"),
 ) -> None:
     """The driver's output (Tune's table, the summary) of a submitted sweep's latest Ray job."""
-    from tuning.jobs import follow_logs, job_client, job_logs, sweep_jobs
+    from tuning.jobs import print_logs
     from tuning.runner import LaunchError
 
     try:
-        if follow:
-            client = job_client(address)
-            follow_logs(client, address, sweep_jobs(client, address, name)[-1].job_id)
-        else:
-            sys.stdout.write(job_logs(address, name)[1])
+        print_logs(address, name, follow)
     except LaunchError as exc:
         _fail(exc)
 

@@ -101,8 +101,14 @@ def sweep_jobs(client: Any, address: str, name: str) -> list[JobInfo]:
     return sorted(mine, key=lambda j: j.start_time or 0)
 
 
+def _latest(address: str, name: str) -> tuple[Any, JobInfo]:
+    """The Jobs client and the sweep's latest job."""
+    client = job_client(address)
+    return client, sweep_jobs(client, address, name)[-1]
+
+
 def latest_job(address: str, name: str) -> JobInfo:
-    return sweep_jobs(job_client(address), address, name)[-1]
+    return _latest(address, name)[1]
 
 
 def _nodes(address: str) -> list[dict[str, Any]]:
@@ -234,17 +240,19 @@ def follow_logs(client: Any, address: str, job_id: str, write: Callable[[str], N
     return _info(_call(address, lambda: client.get_job_info(job_id)))
 
 
-def job_logs(address: str, name: str) -> tuple[JobInfo, str]:
-    client = job_client(address)
-    job = sweep_jobs(client, address, name)[-1]
-    return job, _call(address, lambda: client.get_job_logs(job.job_id))
+def print_logs(address: str, name: str, follow: bool = False, write: Callable[[str], None] = sys.stdout.write) -> None:
+    """The logs of the sweep's latest job so far, or (follow) streamed until it ends."""
+    client, job = _latest(address, name)
+    if follow:
+        follow_logs(client, address, job.job_id, write)
+    else:
+        write(_call(address, lambda: client.get_job_logs(job.job_id)))
 
 
 def stop_job(address: str, name: str, wait_s: float = 0.0) -> JobInfo:
     """Ask Ray to stop the sweep's running job: SIGINT to the driver, which
     saves Tune's state and closes the runs; SIGKILL after the job's wait."""
-    client = job_client(address)
-    job = sweep_jobs(client, address, name)[-1]
+    client, job = _latest(address, name)
     if job.status in TERMINAL:
         raise LaunchError(f"sweep {job.sweep_id}: its Ray job {job.job_id} is not running ({job.status})")
     _call(address, lambda: client.stop_job(job.job_id))
