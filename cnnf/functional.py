@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cnnf import fused
+
 IN_EPS = 1e-8
 
 # Straight-through (BPDA) gradients of the feedback gates, for attacks only:
@@ -77,9 +79,13 @@ class _L2InstanceNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, bias: Optional[Tensor], eps: float) -> Tensor:  # type: ignore[override]
+        ctx.eps, ctx.has_bias, ctx.fused = eps, bias is not None, fused.enabled_for(x)
+        if ctx.fused:
+            y, r = fused.compiled(fused.norm_forward)(x, bias, eps)
+            ctx.save_for_backward(x, r)
+            return y
         r = _inv_rms(x, eps)
         ctx.save_for_backward(x, r)
-        ctx.eps, ctx.has_bias = eps, bias is not None
         if bias is None:
             return x * r
         return torch.addcmul(bias.view(1, -1, 1, 1).to(x.dtype), x, r)
@@ -87,13 +93,18 @@ class _L2InstanceNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor, Optional[Tensor], None]:  # type: ignore[override]
         x, r = ctx.saved_tensors  # r: (N, C, 1, 1)
+        want_bias = ctx.has_bias and ctx.needs_input_grad[1]
+        if ctx.fused and not torch.is_grad_enabled():
+            grad_x, grad_bias = fused.compiled(fused.norm_backward)(g, x, r, want_bias)
+            return grad_x, grad_bias, None
+        r = r.to(x.dtype)
         if torch.is_grad_enabled():
             # create_graph=True: r rebuilt from differentiable ops on x, so
             # second derivatives stay exact.
             r = _inv_rms(x, ctx.eps)
         m = _mean_hw(g * x)  # (N, C, 1, 1)
         grad_x = torch.addcmul(g * r, x, r.pow(3) * m, value=-1)
-        grad_bias = g.sum(dim=(0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[1] else None
+        grad_bias = g.sum(dim=(0, 2, 3)) if want_bias else None
         return grad_x, grad_bias, None
 
 
@@ -173,6 +184,77 @@ def ada_relu(f: Tensor, g: Tensor | None, eta: float) -> tuple[Tensor, Tensor]:
     return out, z
 
 
+class _NormReLU(torch.autograd.Function):
+    """First pass of norm_ada_relu through the fused kernels: relu(IN(x) + bias)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, bias: Optional[Tensor], eps: float) -> Tensor:  # type: ignore[override]
+        out, r = fused.compiled(fused.norm_relu_forward)(x, bias, eps)
+        ctx.save_for_backward(x, r, bias)
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, Optional[Tensor], None]:  # type: ignore[override]
+        x, r, bias = ctx.saved_tensors
+        want_bias = bias is not None and ctx.needs_input_grad[1]
+        if torch.is_grad_enabled():  # create_graph: differentiable eager formulas, r rebuilt from x
+            grad_x, grad_bias = fused.norm_relu_backward(g, x, fused.inv_rms(x, ctx.eps), bias, want_bias)
+        else:
+            grad_x, grad_bias = fused.compiled(fused.norm_relu_backward)(g, x, r, bias, want_bias)
+        return grad_x, grad_bias, None
+
+
+class _NormAdaReLU(torch.autograd.Function):
+    """Later pass of norm_ada_relu through the fused kernels; returns (out, gate z)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, bias: Optional[Tensor], s: Tensor, eta: float, eps: float) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        out, z, r = fused.compiled(fused.norm_ada_relu_forward)(x, bias, s, eta, eps)
+        ctx.save_for_backward(x, r, z)
+        ctx.eta, ctx.eps, ctx.has_bias = eta, eps, bias is not None
+        ctx.mark_non_differentiable(z)
+        ctx.set_materialize_grads(False)  # z gets no gradient: no zero map for it in backward
+        return out, z
+
+    @staticmethod
+    def backward(ctx, g: Optional[Tensor], _gz: None) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], None, None]:  # type: ignore[override]
+        if g is None:
+            return None, None, None, None, None
+        x, r, z = ctx.saved_tensors
+        want_bias, want_s = ctx.has_bias and ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        if torch.is_grad_enabled():
+            grads = fused.norm_ada_relu_backward(g, z, x, fused.inv_rms(x, ctx.eps), ctx.eta, want_bias, want_s)
+        else:
+            grads = fused.compiled(fused.norm_ada_relu_backward)(g, z, x, r, ctx.eta, want_bias, want_s)
+        grad_x, grad_bias, grad_s = grads
+        return grad_x, grad_bias, grad_s, None, None
+
+
+def norm_ada_relu(x: Tensor, bias: Optional[Tensor], g: Tensor | None, eta: float, eps: float = IN_EPS) -> tuple[Tensor, Tensor]:
+    """ada_relu(l2_instance_norm(x, bias=bias), g, eta): the IN + bias + AdaReLU
+    that follows every convolution, as one step.
+
+    On the CPU (float32 / bfloat16) it runs as two fused kernels each way
+    (cnnf.fused); elsewhere, and for straight-through attack gradients, it is
+    exactly the composition of the two eager functions. The gate is positive
+    exactly where the unit is active (on the first pass the fused path returns
+    the ReLU output as the gate, the eager one the pre-activation: both are
+    > 0 at the same units).
+    """
+    if not fused.enabled_for(x):
+        return ada_relu(l2_instance_norm(x, eps, bias), g, eta)
+    if g is None:  # the first pass keeps its exact ReLU gradient also under straight_through_gates
+        out = _NormReLU.apply(x, bias, eps)
+        return out, out.detach()
+    out, z = _NormAdaReLU.apply(x, bias, g, eta, eps)
+    if _STRAIGHT_THROUGH.get() and torch.is_grad_enabled():
+        # the same forward values as the exact gates, the gradient of f' (see ada_relu)
+        f = l2_instance_norm(x, eps, bias)
+        out = _straight_through(out, torch.lerp(f, g.to(f.dtype), eta))
+    return out, z
+
+
 def _where_active(v: Tensor, gate: Tensor) -> Tensor:
     """v where gate > 0, else 0: threshold_backward(v, gate, 0) is one fused op,
     differentiable in v (its derivative is the same op on the incoming gradient)."""
@@ -223,10 +305,13 @@ class _AdaPool(torch.autograd.Function):
         ctx.save_for_backward(x, index, active)
         ctx.kernel = kernel
         ctx.mark_non_differentiable(index, active)
+        ctx.set_materialize_grads(False)  # no zero maps for index and active in backward
         return signed * sign, index, active
 
     @staticmethod
-    def backward(ctx, grad: Tensor, _index: None, _active: None) -> tuple[Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx, grad: Optional[Tensor], _index: None, _active: None) -> tuple[Optional[Tensor], None, None]:  # type: ignore[override]
+        if grad is None:
+            return None, None, None
         x, index, active = ctx.saved_tensors
         k = ctx.kernel
         grad_x = torch.ops.aten.max_pool2d_with_indices_backward(grad * active, x, [k, k], [k, k], [0, 0], [1, 1], False, index)

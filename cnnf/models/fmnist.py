@@ -47,7 +47,7 @@ class ConvStage(Stage):
         self.norm = InstanceNormBias(out_channels)
 
     def forward(self, x: Tensor, signals: Tensor | None, eta: float) -> tuple[Tensor, ConvRecord]:
-        z, gate = CF.ada_relu(self.norm(self.conv(x)), signals, eta)
+        z, gate = CF.norm_ada_relu(self.conv(x), self.norm.bias, signals, eta)
         return z, ConvRecord(gate, (x.shape[-2], x.shape[-1]))
 
     def feedback(self, s: Tensor, record: ConvRecord, final: bool) -> tuple[Tensor, Tensor]:
@@ -82,7 +82,7 @@ class PoolConvStage(Stage):
     def forward(self, x: Tensor, signals: tuple[Tensor, Tensor] | None, eta: float) -> tuple[Tensor, PoolConvRecord]:
         g_pool, g_relu = signals if signals is not None else (None, None)
         p, selection = CF.ada_pool(x, g_pool)  # (N, C, H/2, W/2)
-        z, gate = CF.ada_relu(self.norm(self.conv(p)), g_relu, eta)
+        z, gate = CF.norm_ada_relu(self.conv(p), self.norm.bias, g_relu, eta)
         return z, PoolConvRecord(selection, gate, (x.shape[-2], x.shape[-1]), (p.shape[-2], p.shape[-1]))
 
     def feedback(self, s: Tensor, record: PoolConvRecord, final: bool) -> tuple[Tensor, tuple[Tensor, Tensor]]:

@@ -60,9 +60,9 @@ class PreActBlock(nn.Module):
 
     def forward(self, x: Tensor, signals: tuple[Tensor, Tensor] | None, eta: float) -> tuple[Tensor, BlockRecord]:
         g1, g2 = signals if signals is not None else (None, None)
-        a, gate1 = CF.ada_relu(self.norm1(x), g1, eta)
+        a, gate1 = CF.norm_ada_relu(x, self.norm1.bias, g1, eta)
         y = self.conv1(a)  # (N, out, H / stride, W / stride)
-        b, gate2 = CF.ada_relu(self.norm2(y), g2, eta)
+        b, gate2 = CF.norm_ada_relu(y, self.norm2.bias, g2, eta)
         z = self.conv2(b)
         shortcut = x if self.shortcut is None else self.shortcut(a)
         return z + shortcut, BlockRecord(gate1, gate2, _size(x), _size(y))
@@ -125,7 +125,7 @@ class HeadStage(Stage):
         self.fc = TiedLinear(channels, n_classes)
 
     def forward(self, x: Tensor, signals: Tensor | None, eta: float) -> tuple[Tensor, HeadRecord]:
-        a, gate = CF.ada_relu(self.norm(x), signals, eta)
+        a, gate = CF.norm_ada_relu(x, self.norm.bias, signals, eta)
         return self.fc(a.mean(dim=(-2, -1))), HeadRecord(gate, _size(x))
 
     def feedback(self, s: Tensor, record: HeadRecord, final: bool) -> tuple[Tensor, Tensor]:

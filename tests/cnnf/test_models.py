@@ -324,16 +324,20 @@ def test_zero_iterations_is_the_plain_cnn(name_ind: tuple[str, int]) -> None:
     name, ind = name_ind
     net = make_net(name, ind)
     x = images(n_images(name), input_shape(name))
+    # The model's instance norms run as fused CPU kernels (cnnf.fused), the
+    # reference's as eager ops: the same formulas, other summation orders,
+    # which over WRN-40-2's 40 layers drift past assert_close's fp32 default.
+    tol = {"rtol": 1e-5, "atol": 1e-4} if backbone(name) == "wrn40_2" else {}
     with torch.no_grad():
         ref, levels = PLAIN_FORWARD[backbone(name)](net, x)
-        torch.testing.assert_close(net(x, 0), ref)
+        torch.testing.assert_close(net(x, 0), ref, **tol)
         out = net.iterate(x, 2)
-    torch.testing.assert_close(out.logits[0], ref)  # later iterations leave logits_0 alone
-    torch.testing.assert_close(out.target, levels[ind])
+    torch.testing.assert_close(out.logits[0], ref, **tol)  # later iterations leave logits_0 alone
+    torch.testing.assert_close(out.target, levels[ind], **tol)
     assert out.aux_levels == default_aux(name, ind)
     assert len(out.aux_targets) == len(out.aux_levels)
     for k, t in zip(out.aux_levels, out.aux_targets):
-        torch.testing.assert_close(t, levels[k], msg=at(f"aux target at level {k}"))
+        torch.testing.assert_close(t, levels[k], **tol, msg=at(f"aux target at level {k}"))
 
 
 @pytest.mark.parametrize("name", FEEDBACK)
@@ -717,7 +721,9 @@ def check_pool_conv_stage(stage: PoolConvStage, where: str, t: int, xin: Tensor,
     conv, eta = stage.conv, 0.1
     z_ref, mask = CF.ada_relu(in_bias(F.conv2d(p_in, conv.weight, None, conv.stride, conv.padding), stage.norm.bias), g_relu, eta)
     torch.testing.assert_close(y, z_ref, msg=at(where))  # the record is what the forward used
-    torch.testing.assert_close(rec.gate, mask, msg=at(where))
+    # the gate's contract is its sign (active where > 0): on the first pass the
+    # fused CPU path (cnnf.fused) returns the ReLU output, the eager one the pre-activation
+    assert torch.equal(CF.gate_mask(rec.gate), CF.gate_mask(mask)), at(where)
     check_gate(t, CF.gate_mask(rec.gate), g_relu, seen)
     v = CF.l2_instance_norm(vjp(lambda q: F.conv2d(q, conv.weight.double(), None, conv.stride, conv.padding) * CF.gate_mask(rec.gate), p_in, s))
     expected = vjp(lambda u: pooled(u, rec.pool), xin, v)
@@ -767,7 +773,7 @@ def check_head_stage(stage: HeadStage, where: str, t: int, xin: Tensor, y: Tenso
     got, stored = stage.feedback(s, rec, final)
     a, mask = CF.ada_relu(in_bias(xin, stage.norm.bias), g, 0.1)
     torch.testing.assert_close(y, F.linear(a.mean(dim=(2, 3)), stage.fc.weight, stage.fc.bias), msg=at(where))
-    torch.testing.assert_close(rec.gate, mask, msg=at(where))
+    assert torch.equal(CF.gate_mask(rec.gate), CF.gate_mask(mask)), at(where)  # the sign, as above
     assert tuple(rec.spatial) == (8, 8), where
     check_gate(t, CF.gate_mask(rec.gate), g, seen)
     hw = xin.shape[-2] * xin.shape[-1]
