@@ -23,7 +23,12 @@ matmul peaks measured on the GPU); the quoted reference is a CPU figure, so
 the `x ref` columns are left empty there. `--train-batch` / `--infer-batch`
 change the batch sizes (a GPU is launch-bound at batch 64).
 
-    .venv/bin/python benchmarks/cnnf_throughput.py [--precision fp32 bf16] [--seconds 8] [--device cpu|cuda]
+`--kernels fused eager` also times the eager instance norms / AdaReLUs
+(cnnf.fused; `fit` uses the fused kernels on the CPU for runs of 1000 steps
+or more, so `fused` is what a real training run executes; on a GPU both are
+eager).
+
+    .venv/bin/python benchmarks/cnnf_throughput.py [--precision fp32 bf16] [--kernels fused eager] [--seconds 8] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from cnnf import fused
 from cnnf.config import TrainConfig
 from cnnf.models import InferenceModel, create_model
 from cnnf.runtime import tune_cpu_allocator
@@ -112,7 +118,7 @@ def time_it(fn: Callable[[], object], seconds: float, device: torch.device, warm
 @dataclass
 class Row:
     what: str
-    precision: str
+    precision: str  # "fp32" / "bf16", with "+fused" when the fused CPU kernels ran
     images_per_s: float
     gflop_per_image: float
     gflop_per_s: float
@@ -155,6 +161,8 @@ def make_inference(arch: str, n_iterations: int, precision: str, device: torch.d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--kernels", nargs="+", default=["fused"], choices=["fused", "eager"],
+                        help="instance norm + AdaReLU as fused CPU kernels (what fit runs) and/or eager ops")
     parser.add_argument("--seconds", type=float, default=8.0, help="timing window per measurement")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
@@ -176,19 +184,29 @@ def main() -> None:
     before = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
 
     rows: list[Row] = []
-    for precision in args.precision:
+    variants = [(p, k) for p in args.precision for k in (args.kernels if on_cpu else ["eager"])]
+    for precision, kernels in variants:
+        label = precision + ("+fused" if kernels == "fused" else "")
+
+        def scoped(fn: Callable[[], object], on: bool = kernels == "fused") -> Callable[[], object]:
+            def call() -> object:
+                with fused.use_kernels(on):
+                    return fn()
+            return call
+
         for what, arch, t in (("CNN-F train", "cnnf_fmnist_adv", 1), ("CNN train", "cnn_fmnist_adv", 0)):
-            step = make_train_step(arch, t, precision, device, train_batch)
-            step()
-            flops = count_flops(step) / train_batch
+            step = scoped(make_train_step(arch, t, precision, device, train_batch))
+            step()  # compiles the kernels when fused
+            flops = count_flops(step) / train_batch  # a dispatch mode sees the eager ops: same FLOPs
             sec = time_it(step, args.seconds, device)
-            rows.append(Row(what, precision, train_batch / sec, flops / 1e9, flops * train_batch / sec / 1e9))
+            rows.append(Row(what, label, train_batch / sec, flops / 1e9, flops * train_batch / sec / 1e9))
         for what, arch, t in (("CNN-F infer", "cnnf_fmnist_adv", 1), ("CNN infer", "cnn_fmnist_adv", 0)):
             run, run_counted = make_inference(arch, t, precision, device, infer_batch)
+            run = scoped(run)
             run()
             flops = count_flops(run_counted) / infer_batch
             sec = time_it(run, args.seconds, device)
-            rows.append(Row(what, precision, infer_batch / sec, flops / 1e9, flops * infer_batch / sec / 1e9))
+            rows.append(Row(what, label, infer_batch / sec, flops / 1e9, flops * infer_batch / sec / 1e9))
 
     # The peaks are measured before and after the rows and the higher one is
     # used: a peak taken during a burst of outside load would inflate `x ref`.
@@ -202,16 +220,16 @@ def main() -> None:
         print(f"reference scaled to this run's fp32 peak ({peak['fp32']:.0f}): train {ref['train']:.0f} img/s, infer {ref['infer']:.0f} img/s; "
               f"as quoted (at {REFERENCE['peak']:.0f}): train {REFERENCE['train']:.0f}, infer {REFERENCE['infer']:.0f}")
 
-    print(f"\n{'':12} {'prec':5} {'img/s':>8} {'GFLOP/img':>10} {'GFLOP/s':>8} {'% fp32 peak':>11} {'x ref':>6} {'x quoted':>8}")
+    print(f"\n{'':12} {'prec':10} {'img/s':>8} {'GFLOP/img':>10} {'GFLOP/s':>8} {'% fp32 peak':>11} {'x ref':>6} {'x quoted':>8}")
     for r in rows:
         kind = "train" if "train" in r.what else "infer"
         cnnf = r.what.startswith("CNN-F") and on_cpu  # the quoted reference is a CPU figure
         x_ref = f"{r.images_per_s / ref[kind]:.2f}" if cnnf else ""
         x_quoted = f"{r.images_per_s / REFERENCE[kind]:.2f}" if cnnf else ""
-        print(f"{r.what:12} {r.precision:5} {r.images_per_s:8.0f} {r.gflop_per_image:10.3f} {r.gflop_per_s:8.0f} "
+        print(f"{r.what:12} {r.precision:10} {r.images_per_s:8.0f} {r.gflop_per_image:10.3f} {r.gflop_per_s:8.0f} "
               f"{100 * r.gflop_per_s / peak['fp32']:10.0f}% {x_ref:>6} {x_quoted:>8}")
     print()
-    for precision in args.precision:
+    for precision in dict.fromkeys(r.precision for r in rows):
         by = {r.what: r for r in rows if r.precision == precision}
         for kind in ("train", "infer"):
             f, c = by[f"CNN-F {kind}"], by[f"CNN {kind}"]

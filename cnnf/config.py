@@ -102,6 +102,9 @@ class TrainConfig:
     adv_step_linf: Optional[float] = None  # [0, 1] pixel units; None: 0.355 * adv_eps_linf (B.2: 0.071 for eps 0.2 in code units)
     augment: Literal["none", "crop_flip"] = "none"  # crop_flip: random crop (pad 4) + horizontal flip (CIFAR)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls/convs to bfloat16, weights and optimizer stay fp32
+    # fused: the instance norms and AdaReLUs as compiled CPU kernels (cnnf.fused, ~5 s to
+    # compile per process); auto: fused on the CPU for runs of >= 1000 steps
+    kernels: Literal["auto", "fused", "eager"] = "auto"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     init_from_cnn: bool = False  # start from the plain CNN of the same backbone, trained with these settings (0 iterations)
@@ -120,6 +123,7 @@ class TrainConfig:
         require(0.0 <= self.adv_eps_linf <= 1.0, "adv_eps_linf", f"must be in [0, 1] pixel units, got {self.adv_eps_linf}")
         require(self.adv_steps >= 1, "adv_steps", f"must be >= 1, got {self.adv_steps}")
         require(self.adv_step_linf is None or self.adv_step_linf > 0, "adv_step_linf", f"must be > 0, got {self.adv_step_linf}")
+        require(self.kernels in ("auto", "fused", "eager"), "kernels", f"expected auto, fused or eager, got {self.kernels!r}")
         require(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             "device",

@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from cnnf import fused
 from cnnf.attacks import Attack, attack_names, create_attack
 from cnnf.config import EvalConfig
 from cnnf.data import ArrayDataset
@@ -394,6 +395,7 @@ def evaluate(
     split: str = "val",
     progress: Optional[Progress] = None,
     state_path: Optional[str | Path] = None,
+    kernels: str = "auto",
 ) -> EvalReport:
     """Run `suite` on the first suite.n_examples images of `data`.
 
@@ -404,7 +406,17 @@ def evaluate(
     state_path: a file where finished work is saved after every batch; an
     evaluation restarted with the same model, data, suite and path resumes
     from it. It is left in place at the end (delete it to start over).
+    kernels: 'fused', 'eager' or 'auto' (fused on the CPU from
+    fused.AUTO_MIN_IMAGES evaluated images), as TrainConfig.kernels.
     """
+    device = next(model.parameters()).device
+    work = len(data) if suite.n_examples is None else min(suite.n_examples, len(data))
+    with fused.use_kernels(fused.choose(kernels, device, work, fused.AUTO_MIN_IMAGES)):
+        return _evaluate(model, data, suite, transfer_source, split, progress, state_path)
+
+
+def _evaluate(model: nn.Module, data: ArrayDataset, suite: Suite, transfer_source: Optional[nn.Module], split: str,
+              progress: Optional[Progress], state_path: Optional[str | Path]) -> EvalReport:
     from cnnf.checks import run_checks
 
     t0 = time.perf_counter()

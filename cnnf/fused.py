@@ -14,9 +14,14 @@ Sec. 3.2); only the order of floating-point additions inside the sums differs.
 bf16 inputs are computed in fp32 inside the kernel and rounded once on output.
 
 Used only for CPU tensors (a GPU step is launch-bound at these sizes, and
-this path has not been measured there). Switched off by CNNF_FUSED_KERNELS=0;
-if compiling fails (no C++ compiler), a warning is printed once and the eager
-path takes over for the rest of the process.
+this path has not been measured there). Compiling costs each process about
+5 s when inductor's on-disk cache is warm and about 40 s when it is cold, so
+`fit` and `evaluate` turn the kernels on only for work large enough to pay
+that back (`worth_compiling`; TrainConfig.kernels overrides it), through the
+`use_kernels` scope. Outside any scope they are off, so merely calling a
+model never compiles anything. CNNF_FUSED_KERNELS=0 or 1 overrides every
+choice. If compiling fails (no C++ compiler), a warning is
+printed once and the eager path takes over for the rest of the process.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from typing import Callable, Optional
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -36,9 +43,39 @@ MAX_VARIANTS = 64  # compiled versions per kernel before a new input variant run
 _disabled_reason: Optional[str] = None
 
 
+# Below this many optimisation steps (or evaluated images) the eager path is
+# used: at ~0.1-0.6 s per CPU step the compile time would not be paid back.
+AUTO_MIN_STEPS = 1000
+AUTO_MIN_IMAGES = 1000
+
+_SCOPE: ContextVar[Optional[bool]] = ContextVar("cnnf_fused_kernels", default=None)
+
+
+@contextmanager
+def use_kernels(enabled: bool) -> Iterator[None]:
+    """Within this scope the fused kernels are on (or off), unless CNNF_FUSED_KERNELS says otherwise."""
+    token = _SCOPE.set(enabled)
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
+def choose(setting: str, device: torch.device, work: int, minimum: int) -> bool:
+    """The kernels for a run: setting 'fused' or 'eager', or 'auto': on the
+    CPU when `work` (steps, images) reaches `minimum`."""
+    if setting not in ("auto", "fused", "eager"):
+        raise ValueError(f"kernels: expected auto, fused or eager, got {setting!r}")
+    if setting != "auto":
+        return setting == "fused"
+    return device.type == "cpu" and work >= minimum
+
+
 def _requested() -> bool:
-    value = os.environ.get(ENV, "1").strip().lower()
-    return value not in ("0", "false", "no", "off")
+    value = os.environ.get(ENV, "").strip().lower()
+    if value:
+        return value not in ("0", "false", "no", "off")
+    return bool(_SCOPE.get())
 
 
 def enabled_for(x: Tensor) -> bool:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cnnf import fused
 from cnnf.attacks import LinfPGDAttack
 from cnnf.config import ExperimentConfig, TrainConfig
 from cnnf.data import ArrayDataset, DataSplits, dataset_info, random_crop_flip
@@ -247,6 +248,18 @@ def fit(
 
     step = TrainStep(model, tc, optimizer, scheduler)
     scored = InferenceModel(model, cfg.eval_iterations, cfg.eval.prediction)
+    kernels = fused.choose(tc.kernels, device, tc.epochs * steps_per_epoch, fused.AUTO_MIN_STEPS)
+    with fused.use_kernels(kernels):
+        history = _epochs(cfg, step, scored, train, val, history, start_epoch, device, callback)
+    model.eval()
+    return FitResult(model, tuple(history), device)
+
+
+def _epochs(cfg: ExperimentConfig, step: TrainStep, scored: InferenceModel, train: ArrayDataset, val: ArrayDataset,
+            history: list[EpochResult], start_epoch: int, device: torch.device,
+            callback: Optional[EpochCallback]) -> list[EpochResult]:
+    """The epoch loop of `fit`, from start_epoch + 1 to the last epoch."""
+    tc, model, optimizer, scheduler = cfg.train, step.model, step.optimizer, step.scheduler
     for epoch in range(start_epoch + 1, tc.epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -271,5 +284,4 @@ def fit(
             snapshot = TrainState(epoch, copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()),
                                   list(history), copy.deepcopy(scheduler.state_dict()), torch.get_rng_state())
             callback(result, snapshot)
-    model.eval()
-    return FitResult(model, tuple(history), device)
+    return history

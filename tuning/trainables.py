@@ -256,9 +256,9 @@ def train_cnnf(config: dict[str, Any], *, base: ExperimentConfig, cpus: float, g
         fitted = fit(rcfg, splits, callback=on_epoch, resume=state, init=init)
         result = fitted.history[-1]  # the history includes the epochs before a resume
         suite = suite_from_config(rcfg.eval, rcfg.eval_iterations)
-        val = evaluate(fitted.model, splits.val, suite, split="val")
+        val = evaluate(fitted.model, splits.val, suite, split="val", kernels=rcfg.train.kernels)
         # The integrity checks run once, on the validation split.
-        test = evaluate(fitted.model, splits.test, replace(suite, checks=False), split="test")
+        test = evaluate(fitted.model, splits.test, replace(suite, checks=False), split="test", kernels=rcfg.train.kernels)
         metrics = {**_epoch_metrics(result), **val.metrics("val_"), **test.metrics("test_")}
         return ReplicateOutcome(metrics, {"eval": [val.as_dict(), test.as_dict()]},
                                 _write_eval_report(val, test, f"{rcfg.model.arch} ind={rcfg.model.ind}"))
