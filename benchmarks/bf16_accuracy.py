@@ -6,7 +6,9 @@ Fashion-MNIST in fp32 and in bf16 from the same seed, and, for scale, in fp32
 from a second seed. Each model is scored on the Fashion-MNIST test split
 (avg prediction): clean accuracy on all 10,000 images and PGD-20 (eps 0.1,
 first pass) on the first `--n-pgd`; the bf16 model is scored both with bf16
-inference and in fp32. Prints the differences in points.
+inference and in fp32. Prints the differences in points. Training and
+scoring use the fused CPU kernels (cnnf.fused) as a full-size run does
+(`--kernels eager` for the eager ops).
 
     .venv/bin/python benchmarks/bf16_accuracy.py --data-root /work/shared/datasets
 """
@@ -19,6 +21,7 @@ import time
 
 import torch
 
+from cnnf import fused
 from cnnf.attacks import LinfPGDAttack
 from cnnf.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, TrainConfig
 from cnnf.data import ArrayDataset, load_splits
@@ -51,6 +54,7 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=10000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--n-pgd", type=int, default=1000)
+    parser.add_argument("--kernels", default="fused", choices=["fused", "eager"])
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -64,20 +68,21 @@ def main() -> None:
             model=ModelConfig(arch="cnnf_fmnist_adv", ind=2),
             train=TrainConfig(epochs=args.epochs, batch_size=64, optimizer="sgd", lr=0.05, lr_schedule="poly",
                               grad_clip=0.5, adv_eps_linf=0.1, clean_coef=0.1, n_iterations=1,
-                              precision=precision, device="cpu", seed=seed),
+                              precision=precision, device="cpu", seed=seed, kernels=args.kernels),
             eval=EvalConfig(prediction="avg"),
         )
         t0 = time.perf_counter()
         net = fit(cfg, splits).model
         train_s = time.perf_counter() - t0
         key = f"{precision}-seed{seed}"
-        results[key] = score(net, splits.test, args.n_pgd, bf16=False) | {"train_s": train_s}
-        if precision == "bf16":
-            results[key] |= {f"bf16_inference_{k}": v for k, v in score(net, splits.test, args.n_pgd, bf16=True).items()}
+        with fused.use_kernels(args.kernels == "fused"):
+            results[key] = score(net, splits.test, args.n_pgd, bf16=False) | {"train_s": train_s}
+            if precision == "bf16":
+                results[key] |= {f"bf16_inference_{k}": v for k, v in score(net, splits.test, args.n_pgd, bf16=True).items()}
         print(key, {k: round(v, 2) for k, v in results[key].items()}, flush=True)
 
     a, b, c = results["fp32-seed0"], results["bf16-seed0"], results["fp32-seed1"]
-    print(f"\n{args.n_train} training images, {args.epochs} epochs; accuracies in % on the Fashion-MNIST test split")
+    print(f"\n{args.n_train} training images, {args.epochs} epochs, {args.kernels} kernels; accuracies in % on the Fashion-MNIST test split")
     for metric in ("clean_acc", "pgd20_acc"):
         print(f"{metric}: fp32 {a[metric]:.2f}, bf16 {b[metric]:.2f} (bf16 inference {b['bf16_inference_' + metric]:.2f}); "
               f"bf16 - fp32 = {b[metric] - a[metric]:+.2f} points; fp32 seed 1 - seed 0 = {c[metric] - a[metric]:+.2f} points")

@@ -26,7 +26,8 @@ change the batch sizes (a GPU is launch-bound at batch 64).
 `--kernels fused eager` also times the eager instance norms / AdaReLUs
 (cnnf.fused; `fit` uses the fused kernels on the CPU for runs of 1000 steps
 or more, so `fused` is what a real training run executes; on a GPU both are
-eager).
+eager). The variants of one row are timed in alternating rounds, so their
+ratio is robust to the machine's load drifting during the run.
 
     .venv/bin/python benchmarks/cnnf_throughput.py [--precision fp32 bf16] [--kernels fused eager] [--seconds 8] [--device cpu|cuda]
 """
@@ -99,20 +100,27 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.total
 
 
-def time_it(fn: Callable[[], object], seconds: float, device: torch.device, warmup: int = 2) -> float:
-    """Median seconds per call over at least `seconds` of calls (min 5), each call synchronised."""
-    for _ in range(warmup):
-        fn()
+def time_interleaved(fns: dict[str, Callable[[], object]], seconds: float, device: torch.device) -> dict[str, float]:
+    """Median seconds per call of each variant, the variants called in
+    alternating rounds (one call each, the order flipped every round) for
+    about `seconds` per variant: drift in the machine's load then hits every
+    variant alike, and their ratio holds even when the absolute figures move."""
+    names = list(fns)
+    for name in names:
+        fns[name]()
+        fns[name]()
     sync(device)
-    times: list[float] = []
-    t_end = time.perf_counter() + seconds
-    while time.perf_counter() < t_end or len(times) < 5:
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    t_end = time.perf_counter() + seconds * len(names)
+    k = 0
+    while time.perf_counter() < t_end or min(len(v) for v in times.values()) < 5:
+        for name in names if k % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            fns[name]()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+        k += 1
+    return {name: sorted(v)[len(v) // 2] for name, v in times.items()}
 
 
 @dataclass
@@ -184,29 +192,30 @@ def main() -> None:
     before = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
 
     rows: list[Row] = []
-    variants = [(p, k) for p in args.precision for k in (args.kernels if on_cpu else ["eager"])]
-    for precision, kernels in variants:
-        label = precision + ("+fused" if kernels == "fused" else "")
-
-        def scoped(fn: Callable[[], object], on: bool = kernels == "fused") -> Callable[[], object]:
+    kernel_choices = args.kernels if on_cpu else ["eager"]
+    for precision in args.precision:
+        def scoped(fn: Callable[[], object], kernels: str) -> Callable[[], object]:
             def call() -> object:
-                with fused.use_kernels(on):
+                with fused.use_kernels(kernels == "fused"):
                     return fn()
             return call
 
+        def measure(what: str, fn: Callable[[], object], counted: Callable[[], object], batch: int) -> None:
+            variants = {k: scoped(fn, k) for k in kernel_choices}
+            for call in variants.values():
+                call()  # compiles the kernels when fused
+            flops = count_flops(counted) / batch  # a dispatch mode sees the eager ops: the same FLOPs either way
+            for kernels, sec in time_interleaved(variants, args.seconds, device).items():
+                label = precision + ("+fused" if kernels == "fused" else "")
+                rows.append(Row(what, label, batch / sec, flops / 1e9, flops * batch / sec / 1e9))
+
         for what, arch, t in (("CNN-F train", "cnnf_fmnist_adv", 1), ("CNN train", "cnn_fmnist_adv", 0)):
-            step = scoped(make_train_step(arch, t, precision, device, train_batch))
-            step()  # compiles the kernels when fused
-            flops = count_flops(step) / train_batch  # a dispatch mode sees the eager ops: same FLOPs
-            sec = time_it(step, args.seconds, device)
-            rows.append(Row(what, label, train_batch / sec, flops / 1e9, flops * train_batch / sec / 1e9))
+            step = make_train_step(arch, t, precision, device, train_batch)
+            measure(what, step, step, train_batch)
         for what, arch, t in (("CNN-F infer", "cnnf_fmnist_adv", 1), ("CNN infer", "cnn_fmnist_adv", 0)):
             run, run_counted = make_inference(arch, t, precision, device, infer_batch)
-            run = scoped(run)
-            run()
-            flops = count_flops(run_counted) / infer_batch
-            sec = time_it(run, args.seconds, device)
-            rows.append(Row(what, label, infer_batch / sec, flops / 1e9, flops * infer_batch / sec / 1e9))
+            measure(what, run, run_counted, infer_batch)
+    rows.sort(key=lambda r: (r.precision, ("CNN-F train", "CNN train", "CNN-F infer", "CNN infer").index(r.what)))
 
     # The peaks are measured before and after the rows and the higher one is
     # used: a peak taken during a burst of outside load would inflate `x ref`.

@@ -185,18 +185,15 @@ def compiled(fn: Callable) -> Callable:
         if _disabled_reason is not None:
             return fn(*args, **kwargs)
         try:
-            return kernel(*args, **kwargs)
+            # Each input variant (dtype, memory layout, grad or inference
+            # mode, bias or none, ...) is a compiled version of its own, and
+            # dynamo's default limit of 8 per function is reached in processes
+            # that train, evaluate and attack several models. The limit is
+            # raised for these calls only (~20 us each); beyond it, eager.
+            with torch._dynamo.config.patch(recompile_limit=max(MAX_VARIANTS, torch._dynamo.config.recompile_limit)):
+                return kernel(*args, **kwargs)
         except FailOnRecompileLimitHit:
-            # Each input variant (dtype, memory layout, grad mode, bias or
-            # none, ...) is a compiled version of its own, and dynamo's
-            # default limit of 8 per function is reached in processes that
-            # train, evaluate and attack several models. The limit is raised
-            # for our kernels only; beyond it the call runs eager.
-            try:
-                with torch._dynamo.config.patch(recompile_limit=MAX_VARIANTS):
-                    return kernel(*args, **kwargs)
-            except FailOnRecompileLimitHit:
-                return fn(*args, **kwargs)
+            return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eager
             disable(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200])
             return fn(*args, **kwargs)

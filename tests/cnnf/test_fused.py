@@ -183,3 +183,74 @@ def test_training_step_gradients_match_eager(monkeypatch: pytest.MonkeyPatch) ->
     torch.testing.assert_close(l1, l0, **FP32)
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+# ---------------------------------------------------------------- where they are used
+
+
+def test_choose_pays_back_the_compile_time_only() -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert fused.choose("auto", cpu, fused.AUTO_MIN_STEPS, fused.AUTO_MIN_STEPS)
+    assert not fused.choose("auto", cpu, fused.AUTO_MIN_STEPS - 1, fused.AUTO_MIN_STEPS)
+    assert not fused.choose("auto", gpu, 10**9, fused.AUTO_MIN_STEPS), "GPUs run eager"
+    assert fused.choose("fused", cpu, 1, fused.AUTO_MIN_STEPS)
+    assert not fused.choose("eager", cpu, 10**9, fused.AUTO_MIN_STEPS)
+    with pytest.raises(ValueError, match="kernels: expected auto, fused or eager"):
+        fused.choose("fast", cpu, 1, 1)
+
+
+def test_off_outside_a_scope_and_the_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = maps((2, 4, 3, 3), 14)
+    monkeypatch.delenv(fused.ENV)
+    assert not fused.enabled_for(x), "calling a model compiles nothing unless asked"
+    with fused.use_kernels(True):
+        assert fused.enabled_for(x)
+        with fused.use_kernels(False):
+            assert not fused.enabled_for(x)
+        monkeypatch.setenv(fused.ENV, "0")
+        assert not fused.enabled_for(x)
+    monkeypatch.setenv(fused.ENV, "1")
+    assert fused.enabled_for(x)
+
+
+def test_train_config_rejects_unknown_kernels() -> None:
+    from cnnf.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match="kernels: expected auto, fused or eager, got 'fast'"):
+        TrainConfig(kernels="fast")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kernels", ["fused", "eager", "auto"])
+def test_fit_and_evaluate_follow_the_kernels_setting(monkeypatch: pytest.MonkeyPatch, kernels: str) -> None:
+    """fit and evaluate run the compiled kernels exactly when the setting asks
+    (auto: a 2-step run on the CPU is too short to pay for compiling)."""
+    from cnnf.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, TrainConfig
+    from cnnf.data import load_splits
+    from cnnf.evaluate import pgd_suite
+    from cnnf.train import fit
+    from cnnf.evaluate import evaluate
+
+    monkeypatch.delenv(fused.ENV)
+    calls: list[str] = []
+    real = fused.compiled
+
+    def spy(fn):  # type: ignore[no-untyped-def]
+        kernel = real(fn)
+
+        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(fn.__name__)
+            return kernel(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(fused, "compiled", spy)
+    data = DataConfig(n_train=40, val_fraction=0.2)
+    cfg = ExperimentConfig(data=data, model=ModelConfig(arch="cnnf_fmnist_std"),
+                           train=TrainConfig(epochs=1, batch_size=16, device="cpu", kernels=kernels),  # type: ignore[arg-type]
+                           eval=EvalConfig())
+    splits = load_splits(data)
+    model = fit(cfg, splits).model
+    trained = len(calls)
+    evaluate(model, splits.val, pgd_suite(eps=0.1, steps=1), kernels=kernels)
+    assert (trained > 0) == (kernels == "fused")
+    assert (len(calls) > trained) == (kernels == "fused")
+    assert "norm_relu_backward" in calls if kernels == "fused" else not calls
