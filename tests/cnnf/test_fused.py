@@ -7,6 +7,7 @@ with the kernels on, and checks values, gates and every input gradient.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
@@ -243,14 +244,15 @@ def test_fit_and_evaluate_follow_the_kernels_setting(monkeypatch: pytest.MonkeyP
         return call
 
     monkeypatch.setattr(fused, "compiled", spy)
-    data = DataConfig(n_train=40, val_fraction=0.2)
+    data = DataConfig(n_train=32, val_fraction=0.25)
     cfg = ExperimentConfig(data=data, model=ModelConfig(arch="cnnf_fmnist_std"),
                            train=TrainConfig(epochs=1, batch_size=16, device="cpu", kernels=kernels),  # type: ignore[arg-type]
                            eval=EvalConfig())
     splits = load_splits(data)
     model = fit(cfg, splits).model
     trained = len(calls)
-    evaluate(model, splits.val, pgd_suite(eps=0.1, steps=1), kernels=kernels)
+    suite = dataclasses.replace(pgd_suite(eps=0.1, steps=1), checks=False, n_examples=8)
+    evaluate(model, splits.val, suite, kernels=kernels)
     assert (trained > 0) == (kernels == "fused")
     assert (len(calls) > trained) == (kernels == "fused")
     assert "norm_relu_backward" in calls if kernels == "fused" else not calls
