@@ -97,7 +97,6 @@ class _L2InstanceNorm(torch.autograd.Function):
         if ctx.fused and not torch.is_grad_enabled():
             grad_x, grad_bias = fused.compiled(fused.norm_backward)(g, x, r, want_bias)
             return grad_x, grad_bias, None
-        r = r.to(x.dtype)
         if torch.is_grad_enabled():
             # create_graph=True: r rebuilt from differentiable ops on x, so
             # second derivatives stay exact.
