@@ -134,6 +134,10 @@ class Suite:
         if self.eps is not None and not 0.0 <= self.eps <= 1.0:
             raise ValueError(f"eps {self.eps} must be in [0, 1] pixel units")
 
+    def examples_in(self, data: ArrayDataset) -> int:
+        """How many of `data`'s images the suite evaluates (the first ones)."""
+        return len(data) if self.n_examples is None else min(self.n_examples, len(data))
+
     def nominal_eps(self) -> Optional[float]:
         if self.eps is not None:
             return self.eps
@@ -262,7 +266,7 @@ class _Evaluator:
             self.prediction, self.n_iterations = "first", 0
         self.scored = self.predictor(self.prediction, "exact")
         self.transfer_source = transfer_source
-        n = len(data) if suite.n_examples is None else min(suite.n_examples, len(data))
+        n = suite.examples_in(data)
         self.data = data.head(n).to(self.device)
         self.n = n
         self.results: dict[str, Tensor] = {}
@@ -409,39 +413,33 @@ def evaluate(
     kernels: 'fused', 'eager' or 'auto' (fused on the CPU from
     fused.AUTO_MIN_IMAGES evaluated images), as TrainConfig.kernels.
     """
-    device = next(model.parameters()).device
-    work = len(data) if suite.n_examples is None else min(suite.n_examples, len(data))
-    with fused.use_kernels(fused.choose(kernels, device, work, fused.AUTO_MIN_IMAGES)):
-        return _evaluate(model, data, suite, transfer_source, split, progress, state_path)
-
-
-def _evaluate(model: nn.Module, data: ArrayDataset, suite: Suite, transfer_source: Optional[nn.Module], split: str,
-              progress: Optional[Progress], state_path: Optional[str | Path]) -> EvalReport:
     from cnnf.checks import run_checks
 
     t0 = time.perf_counter()
     device = next(model.parameters()).device
     if device.type == "cpu":
         tune_cpu_allocator()
+    kernels_on = fused.choose(kernels, device, suite.examples_in(data), fused.AUTO_MIN_IMAGES)
     was_training = model.training
     model.eval()
     try:
-        ev = _Evaluator(model, data, suite, transfer_source, Path(state_path) if state_path is not None else None, progress)
-        main_units = [ev.unit(spec, s) for spec in suite.attacks for s in suite.seeds]
-        curve_units = [ev.unit(spec, s, eps=e) for spec in suite.attacks for e in spec.eps_grid for s in suite.seeds]
-        ev.planned(main_units + curve_units)
-        clean = ev.clean_correct()
-        results = tuple(_attack_result(ev, spec) for spec in suite.attacks)
-        curves = tuple(_curve(ev, spec) for spec in suite.attacks if spec.eps_grid)
-        per_seed_min = []
-        for s in suite.seeds:
-            worst = clean.clone()
-            for spec in suite.attacks:
-                worst &= ev.run(ev.unit(spec, s), spec.name())
-            per_seed_min.append(worst.float().mean().item())
-        min_acc, min_std = mean_std(per_seed_min) if suite.attacks else (clean.float().mean().item(), 0.0)
-        n_classes = _n_classes(ev)
-        checks: tuple[Check, ...] = run_checks(ev, results, curves, n_classes) if suite.checks else ()
+        with fused.use_kernels(kernels_on):
+            ev = _Evaluator(model, data, suite, transfer_source, Path(state_path) if state_path is not None else None, progress)
+            main_units = [ev.unit(spec, s) for spec in suite.attacks for s in suite.seeds]
+            curve_units = [ev.unit(spec, s, eps=e) for spec in suite.attacks for e in spec.eps_grid for s in suite.seeds]
+            ev.planned(main_units + curve_units)
+            clean = ev.clean_correct()
+            results = tuple(_attack_result(ev, spec) for spec in suite.attacks)
+            curves = tuple(_curve(ev, spec) for spec in suite.attacks if spec.eps_grid)
+            per_seed_min = []
+            for s in suite.seeds:
+                worst = clean.clone()
+                for spec in suite.attacks:
+                    worst &= ev.run(ev.unit(spec, s), spec.name())
+                per_seed_min.append(worst.float().mean().item())
+            min_acc, min_std = mean_std(per_seed_min) if suite.attacks else (clean.float().mean().item(), 0.0)
+            n_classes = _n_classes(ev)
+            checks: tuple[Check, ...] = run_checks(ev, results, curves, n_classes) if suite.checks else ()
     finally:
         model.train(was_training)
     return EvalReport(split, ev.n, n_classes, ev.n_iterations, ev.prediction, suite.seeds,

@@ -250,38 +250,29 @@ def fit(
     scored = InferenceModel(model, cfg.eval_iterations, cfg.eval.prediction)
     kernels = fused.choose(tc.kernels, device, tc.epochs * steps_per_epoch, fused.AUTO_MIN_STEPS)
     with fused.use_kernels(kernels):
-        history = _epochs(cfg, step, scored, train, val, history, start_epoch, device, callback)
+        for epoch in range(start_epoch + 1, tc.epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            # All per-batch randomness depends only on (seed, epoch): a resumed run sees the same batches.
+            generator = torch.Generator(device=device).manual_seed(tc.seed * 100_003 + epoch)
+            order = torch.randperm(len(train), generator=generator, device=device)
+            sums = torch.zeros(4, device=device)  # loss, ce, recon, correct (summed over examples)
+            for b, i in enumerate(range(0, len(train), tc.batch_size)):
+                idx = order[i : i + tc.batch_size]
+                try:
+                    sums += step(train.x[idx], train.y[idx], generator)
+                except FloatingPointError as exc:
+                    raise FloatingPointError(f"{exc} at epoch {epoch}, batch {b}") from None
+            model.eval()
+            with step.autocast():
+                val_acc = accuracy(scored, val, cfg.eval.batch_size)
+            seconds = time.perf_counter() - t0
+            loss_sum, ce_sum, recon_sum, correct_sum = (sums / len(train)).tolist()
+            result = EpochResult(epoch, loss_sum, ce_sum, recon_sum, correct_sum, val_acc, seconds, len(train) / seconds)
+            history.append(result)
+            if callback is not None:  # a snapshot: later steps must not change what the callback holds
+                snapshot = TrainState(epoch, copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()),
+                                      list(history), copy.deepcopy(scheduler.state_dict()), torch.get_rng_state())
+                callback(result, snapshot)
     model.eval()
     return FitResult(model, tuple(history), device)
-
-
-def _epochs(cfg: ExperimentConfig, step: TrainStep, scored: InferenceModel, train: ArrayDataset, val: ArrayDataset,
-            history: list[EpochResult], start_epoch: int, device: torch.device,
-            callback: Optional[EpochCallback]) -> list[EpochResult]:
-    """The epoch loop of `fit`, from start_epoch + 1 to the last epoch."""
-    tc, model, optimizer, scheduler = cfg.train, step.model, step.optimizer, step.scheduler
-    for epoch in range(start_epoch + 1, tc.epochs + 1):
-        t0 = time.perf_counter()
-        model.train()
-        # All per-batch randomness depends only on (seed, epoch): a resumed run sees the same batches.
-        generator = torch.Generator(device=device).manual_seed(tc.seed * 100_003 + epoch)
-        order = torch.randperm(len(train), generator=generator, device=device)
-        sums = torch.zeros(4, device=device)  # loss, ce, recon, correct (summed over examples)
-        for b, i in enumerate(range(0, len(train), tc.batch_size)):
-            idx = order[i : i + tc.batch_size]
-            try:
-                sums += step(train.x[idx], train.y[idx], generator)
-            except FloatingPointError as exc:
-                raise FloatingPointError(f"{exc} at epoch {epoch}, batch {b}") from None
-        model.eval()
-        with step.autocast():
-            val_acc = accuracy(scored, val, cfg.eval.batch_size)
-        seconds = time.perf_counter() - t0
-        loss_sum, ce_sum, recon_sum, correct_sum = (sums / len(train)).tolist()
-        result = EpochResult(epoch, loss_sum, ce_sum, recon_sum, correct_sum, val_acc, seconds, len(train) / seconds)
-        history.append(result)
-        if callback is not None:  # a snapshot: later steps must not change what the callback holds
-            snapshot = TrainState(epoch, copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()),
-                                  list(history), copy.deepcopy(scheduler.state_dict()), torch.get_rng_state())
-            callback(result, snapshot)
-    return history
