@@ -57,15 +57,31 @@ class SPSAAttack(Attack):
 
     def estimate(self, predict: Predict, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         """SPSA estimate of the margin's gradient at each row of x."""
-        signs = torch.randint(0, 2, (len(x) * self.n_samples, *x.shape[1:]), generator=generator,
+        n = self.n_samples
+        signs = torch.randint(0, 2, (len(x) * n, *x.shape[1:]), generator=generator,
                               device=x.device, dtype=torch.int8)  # all draws up front: max_batch never changes them
         grad = torch.zeros_like(x).flatten(1)
-        pairs = max(1, rows_per_call(self.max_batch, x) // 2)
-        for start in range(0, len(signs), pairs):
-            v = signs[start : start + pairs].to(x.dtype) * 2 - 1
-            example = torch.arange(start, start + len(v), device=x.device) // self.n_samples
+        for start, stop in self.chunks(len(x), max(1, rows_per_call(self.max_batch, x) // 2)):
+            v = signs[start:stop].to(x.dtype) * 2 - 1
+            example = torch.arange(start, stop, device=x.device) // n
             probes = torch.cat([x[example] + self.delta * v, x[example] - self.delta * v])
             loss = margin(predict(probes), y[example].repeat(2))
             slope = (loss[: len(v)] - loss[len(v) :]) / (2 * self.delta)
-            grad.index_add_(0, example, slope[:, None] * v.flatten(1))
-        return (grad / self.n_samples).view_as(x)
+            weighted = slope[:, None] * v.flatten(1)
+            # Plain sums, not index_add_: its CUDA kernel adds with atomics in
+            # no fixed order, so one seed would give different estimates.
+            first = start // n
+            if stop - start >= n:  # whole examples
+                grad[first : stop // n] += weighted.view(-1, n, weighted.shape[1]).sum(1)
+            else:  # part of one example's directions
+                grad[first] += weighted.sum(0)
+        return (grad / n).view_as(x)
+
+    def chunks(self, n_examples: int, pairs: int) -> list[tuple[int, int]]:
+        """Ranges of the n_examples * n_samples directions, at most `pairs`
+        per predict call, each either whole examples or within one example."""
+        n, total = self.n_samples, n_examples * self.n_samples
+        if pairs >= n:
+            step = pairs // n * n
+            return [(s, min(s + step, total)) for s in range(0, total, step)]
+        return [(s, min(s + pairs, (s // n + 1) * n)) for e in range(n_examples) for s in range(e * n, (e + 1) * n, pairs)]

@@ -68,7 +68,17 @@ def test_adversarial_training_on_cuda_lowers_the_loss(precision: str) -> None:
     assert losses[-1] < losses[0], losses
 
 
-def test_cuda_resume_matches_uninterrupted_run(tmp_path) -> None:
+@pytest.fixture
+def deterministic_cudnn():
+    """Deterministic cuDNN kernels for this test only: left on, they would
+    change the kernels of every later test (see tests/cnnf/attacks/test_cuda.py)."""
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+
+
+def test_cuda_resume_matches_uninterrupted_run(tmp_path, deterministic_cudnn: None) -> None:
     """A checkpoint written on the GPU resumes on the GPU to the same weights."""
     from tests.cnnf.test_train import without_timing
     from cnnf.train import load_train_state, save_train_state
@@ -81,7 +91,6 @@ def test_cuda_resume_matches_uninterrupted_run(tmp_path) -> None:
         if result.epoch == 1:
             save_train_state(state, path)
 
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     full = fit(cfg, splits, callback=keep_epoch1)
     resumed = fit(cfg, splits, resume=load_train_state(path))
     # GPU scatter/atomic kernels are not bit-reproducible: same to float tolerance.
