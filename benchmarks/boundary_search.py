@@ -21,7 +21,11 @@ Measured, in this order:
     table, the base of every speedup);
   - the batched exact scan in fp32 (`fl.search.scan`, mode "exact"); its
     margins and adjacent classes must be bitwise equal (torch.equal) to the
-    naive loop's on the samples both ran, or the script exits with status 1;
+    naive loop's on the samples both ran, or the script exits with status 1
+    (on the CPU; on a GPU the one-image and the batched forward run other
+    kernels and a point on the boundary can round either way, so there the
+    scan must agree with the naive loop like the bf16 target below: same
+    adjacent class, margin within one step, on >= 99 % of searches);
   - the exact scan under bf16 autocast; agreement with fp32 = the share of
     searches with the same adjacent class and a margin within one step;
   - coarse-to-fine (every `--coarse-factor`-th step, then bisection inside
@@ -424,9 +428,14 @@ def main() -> None:
         r = by[what]
         checks = [r.speedup >= need]
         text = f"{r.speedup:.2f}x naive (target >= {need:g}x)"
-        if what == "exact fp32":
+        if what == "exact fp32" and device.type == "cpu":
             checks.append(identical)
             text += ", bitwise identical to the naive loop" if identical else ", NOT identical to the naive loop"
+        elif what == "exact fp32":
+            share = vs_naive["agreement_within_step"]
+            checks.append(share >= AGREEMENT_TARGET)
+            text += (f", agreement with the naive loop {100 * share:.2f} % (target on a GPU >= {100 * AGREEMENT_TARGET:g} %; "
+                     f"{'bitwise identical' if identical else 'not bitwise identical'})")
         elif what == "exact bf16":
             share = r.agreement["agreement_within_step"]
             checks.append(share >= AGREEMENT_TARGET)
@@ -463,7 +472,7 @@ def main() -> None:
                                 "seconds": {r.what: r.projected_paper_seconds for r in rows}},
                 "targets": targets,
             }, fh, indent=2)
-    if not identical:
+    if not identical and device.type == "cpu":
         sys.exit(1)
 
 
