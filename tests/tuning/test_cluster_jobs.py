@@ -342,7 +342,11 @@ def test_launch_joins_an_existing_cluster(cluster, how):
     name = f"cluster-join-{how}"
     spec = _spec(c, name, epochs=1)
     address = f"{HEAD_IP}:{c.gcs}" if how == "gcs" else f"ray://127.0.0.1:{c.client}"
-    r = c.sweep("launch", spec, "--address", address, timeout=300)
+    # A Ray Client connection starts a server process for this client on the
+    # head; on a busy 2-core machine that outlasted the client's default
+    # connection attempts (5, 10 and 15 s) once in CI. Real users get Ray's defaults.
+    slow_start = {"RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S": "20"} if how == "client" else {}
+    r = c.sweep("launch", spec, "--address", address, timeout=300, **slow_start)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "cluster: 2 node(s) hold 2 trial(s)" in r.stdout
     _, parents, children = _runs(c, name)
