@@ -35,6 +35,24 @@ def test_cnnf_throughput_script_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_cnnf_step_breakdown_script_runs(tmp_path: Path) -> None:
+    out = tmp_path / "breakdown.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "cnnf_step_breakdown.py"), "--precision", "fp32", "--kernels", "eager",
+         "--steps", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "GEMM ceiling" in proc.stdout
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["gflop_per_step"] == pytest.approx(1.05 * 64, rel=0.02)  # counted: the throughput row's FLOPs x batch 64
+    ms = row["ms_per_step"]
+    assert ms["GEMM"] > 0 and ms["rest"] > 0 and ms["fused kernels"] == 0  # eager: nothing compiled ran
+    assert sum(ms.values()) == pytest.approx(row["profiled_step_ms"])
+    assert row["ceiling_images_per_s"] == pytest.approx(64 / (ms["GEMM"] / 1e3))
+
+
+@pytest.mark.slow
 def test_attack_suite_script_runs(tmp_path: Path) -> None:
     out = tmp_path / "attacks.json"
     proc = subprocess.run(

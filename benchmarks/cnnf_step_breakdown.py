@@ -1,0 +1,144 @@
+"""Where the time of a CNN-F training step goes, and the ceiling that sets (issue #3).
+
+The step is the one `cnnf_throughput.py` times (`cnnf_fmnist_adv`, ind 2,
+1 iteration, PGD-7 against the first pass, 64 clean + 64 adversarial
+images, SGD, clipping). One run, per precision:
+
+  - the step's images/s without a profiler (median of `--steps` timed steps);
+  - the FLOPs of one step, counted with torch's FLOP formulas (they cover
+    only convolutions and matrix products: every FLOP of this model);
+  - torch.profiler's self CPU time per op over `--steps` steps, grouped into
+    "GEMM" (oneDNN convolutions forward and backward, MKL/oneDNN mm and
+    addmm: the kernels that do those FLOPs), "fused kernels" (cnnf.fused's
+    compiled instance norm + AdaReLU) and "rest" (pooling, casts, the
+    optimiser, elementwise ops, autograd and Python overhead);
+  - the GEMM kernels' achieved GFLOP/s inside the step, against the n x n
+    matmul peak measured in the same run;
+  - the GEMM ceiling: images/s if everything but the GEMM kernels took no
+    time at all, as a multiple of the reference (issue #3: ~100 img/s at a
+    fp32 matmul peak of ~180 GFLOP/s, scaled by this run's peak).
+
+The profiler adds overhead to every op, mostly to the many small ones in
+"rest"; the GEMM times are long calls and barely change (compare the GEMM
+share of the profiled and the unprofiled step). Run it alone.
+
+    .venv/bin/python benchmarks/cnnf_step_breakdown.py [--precision fp32 bf16] [--kernels fused|eager] [--steps 8] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cnnf_throughput import REFERENCE, TRAIN_BATCH, count_flops, make_train_step, matmul_peak  # noqa: E402
+
+from cnnf import fused  # noqa: E402
+from cnnf.runtime import tune_cpu_allocator  # noqa: E402
+
+GEMM_OPS = {"aten::mkldnn_convolution", "aten::convolution_backward", "aten::mm", "aten::addmm", "aten::bmm",
+            "aten::_mkldnn_convolution_transpose", "aten::mkldnn_convolution_backward"}
+TARGET = {"fp32": 1.3, "bf16": 2.0}
+
+
+def group(name: str) -> str:
+    if name in GEMM_OPS:
+        return "GEMM"
+    if name.startswith("## Call CompiledFxGraph"):
+        return "fused kernels"
+    return "rest"
+
+
+def breakdown(precision: str, kernels: str, steps: int, peak: dict[str, float]) -> dict[str, object]:
+    step = make_train_step("cnnf_fmnist_adv", 1, precision, torch.device("cpu"), TRAIN_BATCH)
+    flops = count_flops(step)  # a dispatch mode sees the eager ops: the same FLOPs either way
+    with fused.use_kernels(kernels == "fused"):
+        for _ in range(3):
+            step()
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        step_s = sorted(times)[len(times) // 2]
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+    per_group: dict[str, float] = {"GEMM": 0.0, "fused kernels": 0.0, "rest": 0.0}
+    rest_ops: dict[str, float] = {}
+    for event in prof.key_averages():
+        seconds = event.self_cpu_time_total / 1e6 / steps
+        g = group(event.key)
+        per_group[g] += seconds
+        if g == "rest":
+            rest_ops[event.key] = seconds
+    profiled_s = sum(per_group.values())
+    gemm_s = per_group["GEMM"]
+    ref_train = REFERENCE["train"] * peak["fp32"] / REFERENCE["peak"]
+    return {
+        "precision": precision, "kernels": kernels, "images_per_s": TRAIN_BATCH / step_s, "step_ms": 1e3 * step_s,
+        "profiled_step_ms": 1e3 * profiled_s, "gflop_per_step": flops / 1e9,
+        "ms_per_step": {k: 1e3 * v for k, v in per_group.items()},
+        "gemm_gflop_per_s": flops / gemm_s / 1e9,
+        "gemm_share_of_unprofiled_step": gemm_s / step_s,
+        "ceiling_images_per_s": TRAIN_BATCH / gemm_s,
+        "ceiling_x_ref": TRAIN_BATCH / gemm_s / ref_train,
+        "x_ref": TRAIN_BATCH / step_s / ref_train,
+        "ceiling_at_peak_x_ref": TRAIN_BATCH / (flops / (peak[precision] * 1e9)) / ref_train,
+        "top_rest_ms": {k: 1e3 * v for k, v in sorted(rest_ops.items(), key=lambda kv: -kv[1])[:8]},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--kernels", default="fused", choices=["fused", "eager"], help="what fit runs: fused (default)")
+    parser.add_argument("--steps", type=int, default=8, help="timed and profiled steps per precision")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    if args.steps < 1:
+        parser.error("--steps: must be >= 1")
+    tune_cpu_allocator()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    before = {"fp32": matmul_peak(torch.float32, torch.device("cpu")), "bf16": matmul_peak(torch.bfloat16, torch.device("cpu"))}
+    rows = [breakdown(p, args.kernels, args.steps, before) for p in args.precision]
+    after = {"fp32": matmul_peak(torch.float32, torch.device("cpu")), "bf16": matmul_peak(torch.bfloat16, torch.device("cpu"))}
+    peak = {k: max(before[k], after[k]) for k in before}
+    if peak != before:  # recompute the reference-relative figures with the higher peak
+        rows = [{**r, **rescale(r, before, peak)} for r in rows]
+    print(f"matmul peak (2048^2, before / after): fp32 {before['fp32']:.0f} / {after['fp32']:.0f} GFLOP/s, "
+          f"bf16 {before['bf16']:.0f} / {after['bf16']:.0f} GFLOP/s; reference scaled to fp32 "
+          f"{peak['fp32']:.0f}: {REFERENCE['train'] * peak['fp32'] / REFERENCE['peak']:.0f} img/s")
+    for r in rows:
+        ms = r["ms_per_step"]
+        print(f"\n{r['precision']} ({r['kernels']} kernels): {r['images_per_s']:.0f} img/s, {r['step_ms']:.0f} ms/step "
+              f"({r['x_ref']:.2f}x ref, target {TARGET[r['precision']]:g}x); {r['gflop_per_step']:.1f} GFLOP/step")
+        print(f"  profiled {r['profiled_step_ms']:.0f} ms/step: GEMM {ms['GEMM']:.0f}, fused kernels {ms['fused kernels']:.0f}, "
+              f"rest {ms['rest']:.0f}")
+        print(f"  GEMM kernels: {r['gemm_gflop_per_s']:.0f} GFLOP/s = {100 * r['gemm_gflop_per_s'] / peak[r['precision']]:.0f} % "
+              f"of the {r['precision']} matmul peak; {100 * r['gemm_share_of_unprofiled_step']:.0f} % of the unprofiled step")
+        print(f"  GEMM ceiling (everything else free): {r['ceiling_images_per_s']:.0f} img/s = {r['ceiling_x_ref']:.2f}x ref; "
+              f"with the GEMMs at the matmul peak too: {r['ceiling_at_peak_x_ref']:.2f}x ref")
+        print("  largest of the rest (ms/step): " + ", ".join(f"{k} {v:.1f}" for k, v in r["top_rest_ms"].items()))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"peak_gflops": peak, "peak_gflops_before": before, "peak_gflops_after": after, "rows": rows}, fh, indent=2)
+
+
+def rescale(r: dict[str, object], old: dict[str, float], new: dict[str, float]) -> dict[str, object]:
+    f = old["fp32"] / new["fp32"]
+    p = r["precision"]
+    return {"x_ref": r["x_ref"] * f, "ceiling_x_ref": r["ceiling_x_ref"] * f,
+            "ceiling_at_peak_x_ref": r["ceiling_at_peak_x_ref"] * f * new[p] / old[p]}
+
+
+if __name__ == "__main__":
+    main()
