@@ -7,8 +7,9 @@ calls differed by up to 3.6e-7 on an H100), so on CUDA "reproduces" means
 to 1e-5; the random draws themselves are exact. Its deterministic kernels
 (`torch.backends.cudnn.deterministic = True`) are reproducible but return
 roundoff instead of exact zeros where the input gradient vanishes (4,946 of
-5,092 zero entries for the tiny net below), which a sign step turns into a
-full step: these tests run with the default kernels.
+the 5,092 zero entries of the tiny net below on its 32-image test batch, on
+an H100), which a sign step turns into a full step: these tests run with the
+default kernels.
 
 Runs only where a CUDA device is visible (the CI machine has none)."""
 
