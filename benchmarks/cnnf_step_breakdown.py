@@ -56,7 +56,8 @@ def group(name: str) -> str:
     return "rest"
 
 
-def breakdown(precision: str, kernels: str, steps: int, peak: dict[str, float]) -> dict[str, object]:
+def breakdown(precision: str, kernels: str, steps: int) -> dict[str, object]:
+    """The step's measurements in one precision (the figures relative to the reference: `with_ratios`)."""
     step = make_train_step("cnnf_fmnist_adv", 1, precision, torch.device("cpu"), TRAIN_BATCH)
     flops = count_flops(step)  # a dispatch mode sees the eager ops: the same FLOPs either way
     with fused.use_kernels(kernels == "fused"):
@@ -79,21 +80,24 @@ def breakdown(precision: str, kernels: str, steps: int, peak: dict[str, float]) 
         per_group[g] += seconds
         if g == "rest":
             rest_ops[event.key] = seconds
-    profiled_s = sum(per_group.values())
     gemm_s = per_group["GEMM"]
-    ref_train = REFERENCE["train"] * peak["fp32"] / REFERENCE["peak"]
     return {
         "precision": precision, "kernels": kernels, "images_per_s": TRAIN_BATCH / step_s, "step_ms": 1e3 * step_s,
-        "profiled_step_ms": 1e3 * profiled_s, "gflop_per_step": flops / 1e9,
+        "profiled_step_ms": 1e3 * sum(per_group.values()), "gflop_per_step": flops / 1e9,
         "ms_per_step": {k: 1e3 * v for k, v in per_group.items()},
         "gemm_gflop_per_s": flops / gemm_s / 1e9,
         "gemm_share_of_unprofiled_step": gemm_s / step_s,
         "ceiling_images_per_s": TRAIN_BATCH / gemm_s,
-        "ceiling_x_ref": TRAIN_BATCH / gemm_s / ref_train,
-        "x_ref": TRAIN_BATCH / step_s / ref_train,
-        "ceiling_at_peak_x_ref": TRAIN_BATCH / (flops / (peak[precision] * 1e9)) / ref_train,
         "top_rest_ms": {k: 1e3 * v for k, v in sorted(rest_ops.items(), key=lambda kv: -kv[1])[:8]},
     }
+
+
+def with_ratios(r: dict[str, object], peak: dict[str, float]) -> dict[str, object]:
+    """r plus its figures as multiples of the reference scaled to this run's fp32 peak."""
+    ref_train = REFERENCE["train"] * peak["fp32"] / REFERENCE["peak"]
+    at_peak = TRAIN_BATCH / (r["gflop_per_step"] / peak[r["precision"]])  # images/s with the GEMMs at the matmul peak
+    return {**r, "x_ref": r["images_per_s"] / ref_train, "ceiling_x_ref": r["ceiling_images_per_s"] / ref_train,
+            "ceiling_at_peak_x_ref": at_peak / ref_train}
 
 
 def main() -> None:
@@ -109,11 +113,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f}")
     before = {"fp32": matmul_peak(torch.float32, torch.device("cpu")), "bf16": matmul_peak(torch.bfloat16, torch.device("cpu"))}
-    rows = [breakdown(p, args.kernels, args.steps, before) for p in args.precision]
+    measured = [breakdown(p, args.kernels, args.steps) for p in args.precision]
     after = {"fp32": matmul_peak(torch.float32, torch.device("cpu")), "bf16": matmul_peak(torch.bfloat16, torch.device("cpu"))}
     peak = {k: max(before[k], after[k]) for k in before}
-    if peak != before:  # recompute the reference-relative figures with the higher peak
-        rows = [{**r, **rescale(r, before, peak)} for r in rows]
+    rows = [with_ratios(r, peak) for r in measured]
     print(f"matmul peak (2048^2, before / after): fp32 {before['fp32']:.0f} / {after['fp32']:.0f} GFLOP/s, "
           f"bf16 {before['bf16']:.0f} / {after['bf16']:.0f} GFLOP/s; reference scaled to fp32 "
           f"{peak['fp32']:.0f}: {REFERENCE['train'] * peak['fp32'] / REFERENCE['peak']:.0f} img/s")
@@ -131,13 +134,6 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"peak_gflops": peak, "peak_gflops_before": before, "peak_gflops_after": after, "rows": rows}, fh, indent=2)
-
-
-def rescale(r: dict[str, object], old: dict[str, float], new: dict[str, float]) -> dict[str, object]:
-    f = old["fp32"] / new["fp32"]
-    p = r["precision"]
-    return {"x_ref": r["x_ref"] * f, "ceiling_x_ref": r["ceiling_x_ref"] * f,
-            "ceiling_at_peak_x_ref": r["ceiling_at_peak_x_ref"] * f * new[p] / old[p]}
 
 
 if __name__ == "__main__":
