@@ -22,7 +22,7 @@ The profiler adds overhead to every op, mostly to the many small ones in
 "rest"; the GEMM times are long calls and barely change (compare the GEMM
 share of the profiled and the unprofiled step). Run it alone.
 
-    .venv/bin/python benchmarks/cnnf_step_breakdown.py [--precision fp32 bf16] [--kernels fused|eager] [--steps 8] [--json out.json]
+    .venv/bin/python benchmarks/cnnf_step_breakdown.py [--precision fp32 bf16] [--kernels fused|eager] [--steps 8] [--peak-seconds 2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -43,8 +43,13 @@ from cnnf_throughput import REFERENCE, TRAIN_BATCH, count_flops, make_train_step
 from cnnf import fused  # noqa: E402
 from cnnf.runtime import tune_cpu_allocator  # noqa: E402
 
+# aten::_convolution is in the list because the transposed convolutions of the
+# feedback pass run their oneDNN kernel inside it, with no op of their own (its
+# self time is ~14 ms per step, the two conv^T of the 128-image batch); for the
+# ordinary convolutions it only dispatches to aten::mkldnn_convolution, ~15 us
+# per call.
 GEMM_OPS = {"aten::mkldnn_convolution", "aten::convolution_backward", "aten::mm", "aten::addmm", "aten::bmm",
-            "aten::_mkldnn_convolution_transpose", "aten::mkldnn_convolution_backward"}
+            "aten::_convolution", "aten::_mkldnn_convolution_transpose", "aten::mkldnn_convolution_backward"}
 TARGET = {"fp32": 1.3, "bf16": 2.0}
 
 
@@ -105,16 +110,20 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--kernels", default="fused", choices=["fused", "eager"], help="what fit runs: fused (default)")
     parser.add_argument("--steps", type=int, default=8, help="timed and profiled steps per precision")
+    parser.add_argument("--peak-seconds", type=float, default=2.0, help="timing window of each matmul-peak measurement")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     if args.steps < 1:
         parser.error("--steps: must be >= 1")
+    if args.peak_seconds <= 0:
+        parser.error("--peak-seconds: must be > 0")
     tune_cpu_allocator()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f}")
-    before = {"fp32": matmul_peak(torch.float32, torch.device("cpu")), "bf16": matmul_peak(torch.bfloat16, torch.device("cpu"))}
+    cpu = torch.device("cpu")
+    before = {"fp32": matmul_peak(torch.float32, cpu, args.peak_seconds), "bf16": matmul_peak(torch.bfloat16, cpu, args.peak_seconds)}
     measured = [breakdown(p, args.kernels, args.steps) for p in args.precision]
-    after = {"fp32": matmul_peak(torch.float32, torch.device("cpu")), "bf16": matmul_peak(torch.bfloat16, torch.device("cpu"))}
+    after = {"fp32": matmul_peak(torch.float32, cpu, args.peak_seconds), "bf16": matmul_peak(torch.bfloat16, cpu, args.peak_seconds)}
     peak = {k: max(before[k], after[k]) for k in before}
     rows = [with_ratios(r, peak) for r in measured]
     print(f"matmul peak (2048^2, before / after): fp32 {before['fp32']:.0f} / {after['fp32']:.0f} GFLOP/s, "

@@ -29,7 +29,7 @@ or more, so `fused` is what a real training run executes; on a GPU both are
 eager). The variants of one row are timed in alternating rounds, so their
 ratio is robust to the machine's load drifting during the run.
 
-    .venv/bin/python benchmarks/cnnf_throughput.py [--precision fp32 bf16] [--kernels fused eager] [--seconds 8] [--device cpu|cuda]
+    .venv/bin/python benchmarks/cnnf_throughput.py [--precision fp32 bf16] [--kernels fused eager] [--seconds 8] [--peak-seconds 2] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -172,6 +172,7 @@ def main() -> None:
     parser.add_argument("--kernels", nargs="+", default=["fused"], choices=["fused", "eager"],
                         help="instance norm + AdaReLU as fused CPU kernels (what fit runs) and/or eager ops")
     parser.add_argument("--seconds", type=float, default=8.0, help="timing window per measurement")
+    parser.add_argument("--peak-seconds", type=float, default=2.0, help="timing window of each matmul-peak measurement")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--train-batch", type=int, default=TRAIN_BATCH, help="clean images per training step")
@@ -189,7 +190,9 @@ def main() -> None:
     else:
         print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}")
     print(f"batches: train {train_batch} clean + {train_batch} adversarial, inference {infer_batch}")
-    before = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
+    if args.peak_seconds <= 0:
+        parser.error("--peak-seconds: must be > 0")
+    before = {"fp32": matmul_peak(torch.float32, device, args.peak_seconds), "bf16": matmul_peak(torch.bfloat16, device, args.peak_seconds)}
 
     rows: list[Row] = []
     kernel_choices = args.kernels if on_cpu else ["eager"]
@@ -219,7 +222,7 @@ def main() -> None:
 
     # The peaks are measured before and after the rows and the higher one is
     # used: a peak taken during a burst of outside load would inflate `x ref`.
-    after = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
+    after = {"fp32": matmul_peak(torch.float32, device, args.peak_seconds), "bf16": matmul_peak(torch.bfloat16, device, args.peak_seconds)}
     peak = {k: max(before[k], after[k]) for k in before}
     n = 8192 if device.type == "cuda" else 2048
     print(f"matmul peak ({n}^2 on {device.type}, before / after the rows): fp32 {before['fp32']:.0f} / {after['fp32']:.0f} GFLOP/s, "

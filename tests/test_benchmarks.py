@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_cnnf_throughput_script_runs(tmp_path: Path) -> None:
     out = tmp_path / "throughput.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "cnnf_throughput.py"), "--precision", "fp32", "--seconds", "0.1", "--json", str(out)],
+        [sys.executable, str(REPO / "benchmarks" / "cnnf_throughput.py"), "--precision", "fp32", "--seconds", "0.1", "--peak-seconds", "0.2",
+         "--json", str(out)],
         capture_output=True, text=True, timeout=600, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -39,7 +40,7 @@ def test_cnnf_step_breakdown_script_runs(tmp_path: Path) -> None:
     out = tmp_path / "breakdown.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "cnnf_step_breakdown.py"), "--precision", "fp32", "--kernels", "eager",
-         "--steps", "1", "--json", str(out)],
+         "--steps", "1", "--peak-seconds", "0.2", "--json", str(out)],
         capture_output=True, text=True, timeout=600, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
