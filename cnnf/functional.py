@@ -81,7 +81,7 @@ class _L2InstanceNorm(torch.autograd.Function):
     def forward(ctx, x: Tensor, bias: Optional[Tensor], eps: float) -> Tensor:  # type: ignore[override]
         ctx.eps, ctx.has_bias, ctx.fused = eps, bias is not None, fused.enabled_for(x)
         if ctx.fused:
-            y, r = fused.compiled(fused.norm_forward)(x, bias, eps)
+            y, r = fused.run(fused.norm_forward, x, bias, eps)
             ctx.save_for_backward(x, r)
             return y
         r = _inv_rms(x, eps)
@@ -95,7 +95,7 @@ class _L2InstanceNorm(torch.autograd.Function):
         x, r = ctx.saved_tensors  # r: (N, C, 1, 1)
         want_bias = ctx.has_bias and ctx.needs_input_grad[1]
         if ctx.fused and not torch.is_grad_enabled():
-            grad_x, grad_bias = fused.compiled(fused.norm_backward)(g, x, r, want_bias)
+            grad_x, grad_bias = fused.run(fused.norm_backward, g, x, r, want_bias)
             return grad_x, grad_bias, None
         if torch.is_grad_enabled():
             # create_graph=True: r rebuilt from differentiable ops on x, so
@@ -188,7 +188,7 @@ class _NormReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, bias: Optional[Tensor], eps: float) -> Tensor:  # type: ignore[override]
-        out, r = fused.compiled(fused.norm_relu_forward)(x, bias, eps)
+        out, r = fused.run(fused.norm_relu_forward, x, bias, eps)
         ctx.save_for_backward(x, r, bias)
         ctx.eps = eps
         return out
@@ -200,7 +200,7 @@ class _NormReLU(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: differentiable eager formulas, r rebuilt from x
             grad_x, grad_bias = fused.norm_relu_backward(g, x, fused.inv_rms(x, ctx.eps), bias, want_bias)
         else:
-            grad_x, grad_bias = fused.compiled(fused.norm_relu_backward)(g, x, r, bias, want_bias)
+            grad_x, grad_bias = fused.run(fused.norm_relu_backward, g, x, r, bias, want_bias)
         return grad_x, grad_bias, None
 
 
@@ -209,7 +209,7 @@ class _NormAdaReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, bias: Optional[Tensor], s: Tensor, eta: float, eps: float) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        out, z, r = fused.compiled(fused.norm_ada_relu_forward)(x, bias, s, eta, eps)
+        out, z, r = fused.run(fused.norm_ada_relu_forward, x, bias, s, eta, eps)
         ctx.save_for_backward(x, r, z)
         ctx.eta, ctx.eps, ctx.has_bias = eta, eps, bias is not None
         ctx.mark_non_differentiable(z)
@@ -225,7 +225,7 @@ class _NormAdaReLU(torch.autograd.Function):
         if torch.is_grad_enabled():
             grads = fused.norm_ada_relu_backward(g, z, x, fused.inv_rms(x, ctx.eps), ctx.eta, want_bias, want_s)
         else:
-            grads = fused.compiled(fused.norm_ada_relu_backward)(g, z, x, r, ctx.eta, want_bias, want_s)
+            grads = fused.run(fused.norm_ada_relu_backward, g, z, x, r, ctx.eta, want_bias, want_s)
         grad_x, grad_bias, grad_s = grads
         return grad_x, grad_bias, grad_s, None, None
 

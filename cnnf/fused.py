@@ -13,6 +13,12 @@ The math is the same as the eager path in cnnf.functional (cnnf-spec A.4 and
 Sec. 3.2); only the order of floating-point additions inside the sums differs.
 bf16 inputs are computed in fp32 inside the kernel and rounded once on output.
 
+Where they apply (channels-last float32 / bfloat16 maps, up to 256
+channels), hand-written C versions of the same six formulas (cnnf.native)
+serve the calls instead of the compiled ones: `run` picks. With them,
+bfloat16 maps of any channel count take this path; the compiled kernels
+alone handle bfloat16 only for multiples of 32 channels (slower otherwise).
+
 Used only for CPU tensors (a GPU step is launch-bound at these sizes, and
 this path has not been measured there). Compiling costs each process about
 5 s when inductor's on-disk cache is warm and about 40 s when it is cold, so
@@ -36,6 +42,8 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import Tensor
 from torch._dynamo.exc import FailOnRecompileLimitHit
+
+from cnnf import native
 
 ENV = "CNNF_FUSED_KERNELS"
 MAX_VARIANTS = 64  # compiled versions per kernel before a new input variant runs eager
@@ -86,7 +94,7 @@ def enabled_for(x: Tensor) -> bool:
         _disabled_reason is None
         and x.device.type == "cpu"
         and x.dim() == 4
-        and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and x.shape[1] % 32 == 0))
+        and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and (x.shape[1] % 32 == 0 or native.serves(x))))
         and _requested()
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch.compiler.is_compiling()
@@ -168,6 +176,32 @@ def norm_ada_relu_backward(
     gz = torch.where(z > 0, g.float(), 0.0)
     grad_x, grad_bias = norm_backward(gz * (1 - eta), x, r, want_bias)
     return grad_x, grad_bias, ((gz * eta) if want_s else None)
+
+
+# ------------------------------------------------------------ dispatch
+
+
+@functools.cache
+def _native_adapters() -> dict[Callable, Callable]:
+    return {
+        norm_forward: lambda x, bias, eps: native.norm_forward(x, bias, eps, relu=False),
+        norm_backward: lambda g, x, r, want_bias: native.norm_backward(g, x, r, None, False, want_bias),
+        norm_relu_forward: lambda x, bias, eps: native.norm_forward(x, bias, eps, relu=True),
+        norm_relu_backward: lambda g, x, r, bias, want_bias: native.norm_backward(g, x, r, bias, True, want_bias),
+        norm_ada_relu_forward: native.norm_ada_relu_forward,
+        norm_ada_relu_backward: native.norm_ada_relu_backward,
+    }
+
+
+def run(fn: Callable, *args):  # type: ignore[no-untyped-def]
+    """fn(*args) on the fastest CPU kernel that serves these inputs: the
+    hand-written C one (cnnf.native) where it applies, else fn compiled."""
+    adapter = _native_adapters().get(fn)
+    if adapter is not None:
+        out = adapter(*args)
+        if out is not None:
+            return out
+    return compiled(fn)(*args)
 
 
 # ------------------------------------------------------------ compilation

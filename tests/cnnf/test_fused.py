@@ -3,6 +3,9 @@
 Every comparison runs the same call twice, once with CNNF_FUSED_KERNELS=0
 (the eager composition ada_relu(l2_instance_norm(x, bias), g, eta)) and once
 with the kernels on, and checks values, gates and every input gradient.
+The hand-written C kernels that take over most of these calls are off here
+(CNNF_NATIVE_KERNELS=0), so that these tests check the compiled kernels;
+tests/cnnf/test_native.py checks the C ones.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cnnf import functional as CF
-from cnnf import fused
+from cnnf import fused, native
 from cnnf.models import adversarial_cnnf_loss, create_model
 
 FP32 = {"rtol": 1e-5, "atol": 1e-5}
@@ -25,6 +28,7 @@ FP32 = {"rtol": 1e-5, "atol": 1e-5}
 @pytest.fixture(autouse=True)
 def _kernels_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(fused.ENV, "1")
+    monkeypatch.setenv(native.ENV, "0")
     monkeypatch.setattr(fused, "_disabled_reason", None)
 
 

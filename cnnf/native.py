@@ -1,0 +1,221 @@
+"""Hand-written C kernels for the instance norm + (Ada)ReLU on the CPU.
+
+The same six formulas as cnnf.fused (first pass, later pass, plain norm;
+forward and backward), written in C (`native_kernels.c`) so that each
+sample's slab of the feature map is read from memory once for its sums and
+then again from the core's cache, where the compiled kernels stream the whole
+map twice. Measured on the 2-core development machine (interleaved, one
+process): 1.7-2x faster forward and 2.3-2.9x faster backward than the
+compiled kernels on the B.2 maps, the same values for the map gradients and
+outputs (float32; the bias gradient differs in summation order).
+
+Built on first use with the system C compiler (`cc`, the one inductor needs
+too; ~2 s) into a cache folder keyed by the source, the compiler and this
+CPU's flags, and loaded with ctypes. They serve the fused path only (inside
+`fused.use_kernels(True)`), for channels-last contiguous float32 / bfloat16
+maps with at most 256 channels and a float32 bias; anything else, a failed
+build, or CNNF_NATIVE_KERNELS=0 falls back to the compiled kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor
+
+ENV = "CNNF_NATIVE_KERNELS"
+SOURCE = Path(__file__).with_name("native_kernels.c")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
+MAX_CHANNELS = 256
+_CL = torch.channels_last
+_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
+
+_SCOPE: ContextVar[bool] = ContextVar("cnnf_native_kernels", default=True)
+
+
+@contextmanager
+def use_native(enabled: bool) -> Iterator[None]:
+    """Within this scope the native kernels are on (default) or off; CNNF_NATIVE_KERNELS=0 turns them off everywhere."""
+    token = _SCOPE.set(enabled)
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("CNNF_NATIVE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                                                              "cnnf-native")
+    return Path(root)
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compiler() -> Optional[str]:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+@functools.cache
+def library() -> Optional[ctypes.CDLL]:
+    """The compiled kernels, built on first use; None (with one warning) if they cannot be built or loaded."""
+    cc = _compiler()
+    if cc is None:
+        warnings.warn("cnnf: no C compiler found; the native CPU kernels are off, the compiled ones serve", stacklevel=2)
+        return None
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+        key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(FLAGS), _cpu_flags()]).encode()).hexdigest()[:16]
+        target = _cache_dir() / key / "libcnnf_kernels.so"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Build beside the target and rename: a concurrent process never loads a half-written file.
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                built = Path(tmp) / target.name
+                proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], capture_output=True, text=True, timeout=300)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{cc} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+                os.replace(built, target)
+        lib = ctypes.CDLL(str(target))
+    except Exception as exc:  # noqa: BLE001 - any build or load failure: the compiled kernels serve
+        warnings.warn(f"cnnf: native CPU kernels unavailable ({type(exc).__name__}: {exc}); the compiled ones serve", stacklevel=2)
+        return None
+    P, I64, F, INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+    for t in _SUFFIX.values():
+        getattr(lib, f"cnnf_norm_fwd_{t}").argtypes = [P, P, F, INT, I64, I64, I64, P, P, INT]
+        getattr(lib, f"cnnf_norm_bwd_{t}").argtypes = [P, P, P, P, INT, I64, I64, I64, P, P, INT]
+        getattr(lib, f"cnnf_ada_fwd_{t}").argtypes = [P, P, P, F, F, I64, I64, I64, P, P, P, INT]
+        getattr(lib, f"cnnf_ada_bwd_{t}").argtypes = [P, P, P, P, F, I64, I64, I64, P, P, P, INT]
+        for name in ("norm_fwd", "norm_bwd", "ada_fwd", "ada_bwd"):
+            getattr(lib, f"cnnf_{name}_{t}").restype = INT
+    return lib
+
+
+def _requested() -> bool:
+    value = os.environ.get(ENV, "").strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return False
+    return _SCOPE.get()
+
+
+def _maps_ok(x: Tensor, *others: Optional[Tensor]) -> bool:
+    """CPU, 4-D, float32 or bfloat16, channels-last contiguous, and every other map alike."""
+    if not (x.device.type == "cpu" and x.dim() == 4 and x.dtype in _SUFFIX and 1 <= x.shape[1] <= MAX_CHANNELS
+            and x.is_contiguous(memory_format=_CL)):
+        return False
+    return all(t is None or (t.shape == x.shape and t.dtype == x.dtype and t.device == x.device
+                             and t.is_contiguous(memory_format=_CL)) for t in others)
+
+
+def _bias(bias: Optional[Tensor], x: Tensor) -> Optional[Tensor]:
+    """The bias as a contiguous float32 (C,) tensor (zeros for none); None if it has another dtype."""
+    if bias is None:
+        return torch.zeros(x.shape[1], dtype=torch.float32)
+    if bias.dtype != torch.float32 or bias.device.type != "cpu":
+        return None
+    return bias.detach().contiguous()
+
+
+def serves(x: Tensor) -> bool:
+    """Whether the native kernels are on and take maps like x."""
+    return _requested() and _maps_ok(x) and library() is not None
+
+
+def _lib_for(x: Tensor, *others: Optional[Tensor]) -> Optional[ctypes.CDLL]:
+    if not _requested() or not _maps_ok(x, *others):
+        return None
+    return library()
+
+
+def _ptr(t: Optional[Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def _r_ok(r: Tensor, x: Tensor) -> Optional[Tensor]:
+    if r.dtype != torch.float32 or r.numel() != x.shape[0] * x.shape[1]:
+        return None
+    return r.contiguous()
+
+
+def _bias_grad(rows: Optional[Tensor]) -> Optional[Tensor]:
+    return None if rows is None else rows.sum(0)
+
+
+def norm_forward(x: Tensor, bias: Optional[Tensor], eps: float, relu: bool) -> Optional[tuple[Tensor, Tensor]]:
+    """(x r + bias [relu], r (N, C, 1, 1) float32), or None where the native kernel does not apply."""
+    lib, b = _lib_for(x), _bias(bias, x)
+    if lib is None or b is None:
+        return None
+    n, c, h, w = x.shape
+    out = torch.empty_like(x, memory_format=_CL)
+    r = torch.empty(n, c, 1, 1, dtype=torch.float32)
+    if getattr(lib, f"cnnf_norm_fwd_{_SUFFIX[x.dtype]}")(x.data_ptr(), b.data_ptr(), eps, int(relu), n, h * w, c,
+                                                        out.data_ptr(), r.data_ptr(), torch.get_num_threads()):
+        return None
+    return out, r
+
+
+def norm_backward(g: Tensor, x: Tensor, r: Tensor, bias: Optional[Tensor], relu: bool,
+                  want_bias: bool) -> Optional[tuple[Tensor, Optional[Tensor]]]:
+    """Gradients (map, float32 bias or None) of norm_forward, or None where the native kernel does not apply."""
+    lib, b, rr = _lib_for(x, g), _bias(bias, x), _r_ok(r, x)
+    if lib is None or b is None or rr is None:
+        return None
+    n, c, h, w = x.shape
+    grad = torch.empty_like(x, memory_format=_CL)
+    rows = torch.empty(n, c, dtype=torch.float32) if want_bias else None
+    if getattr(lib, f"cnnf_norm_bwd_{_SUFFIX[x.dtype]}")(g.data_ptr(), x.data_ptr(), rr.data_ptr(), b.data_ptr(), int(relu),
+                                                        n, h * w, c, grad.data_ptr(), _ptr(rows), torch.get_num_threads()):
+        return None
+    return grad, _bias_grad(rows)
+
+
+def norm_ada_relu_forward(x: Tensor, bias: Optional[Tensor], s: Tensor, eta: float,
+                          eps: float) -> Optional[tuple[Tensor, Tensor, Tensor]]:
+    """(out, gate z, r) of fused.norm_ada_relu_forward, or None where the native kernel does not apply."""
+    lib, b = _lib_for(x, s), _bias(bias, x)
+    if lib is None or b is None:
+        return None
+    n, c, h, w = x.shape
+    out, z = torch.empty_like(x, memory_format=_CL), torch.empty_like(x, memory_format=_CL)
+    r = torch.empty(n, c, 1, 1, dtype=torch.float32)
+    if getattr(lib, f"cnnf_ada_fwd_{_SUFFIX[x.dtype]}")(x.data_ptr(), b.data_ptr(), s.data_ptr(), eta, eps, n, h * w, c,
+                                                       out.data_ptr(), z.data_ptr(), r.data_ptr(), torch.get_num_threads()):
+        return None
+    return out, z, r
+
+
+def norm_ada_relu_backward(g: Tensor, z: Tensor, x: Tensor, r: Tensor, eta: float, want_bias: bool,
+                           want_s: bool) -> Optional[tuple[Tensor, Optional[Tensor], Optional[Tensor]]]:
+    """Gradients (map, float32 bias or None, signal or None) of norm_ada_relu_forward, or None where it does not apply."""
+    lib, rr = _lib_for(x, g, z), _r_ok(r, x)
+    if lib is None or rr is None:
+        return None
+    n, c, h, w = x.shape
+    grad = torch.empty_like(x, memory_format=_CL)
+    rows = torch.empty(n, c, dtype=torch.float32) if want_bias else None
+    grad_s = torch.empty_like(x, memory_format=_CL) if want_s else None
+    if getattr(lib, f"cnnf_ada_bwd_{_SUFFIX[x.dtype]}")(g.data_ptr(), z.data_ptr(), x.data_ptr(), rr.data_ptr(), eta, n, h * w, c,
+                                                       grad.data_ptr(), _ptr(rows), _ptr(grad_s), torch.get_num_threads()):
+        return None
+    return grad, _bias_grad(rows), grad_s

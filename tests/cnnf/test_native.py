@@ -1,0 +1,205 @@
+"""The hand-written C kernels (cnnf.native) against the formulas of cnnf.fused.
+
+The formulas run as plain (eager) tensor code in float64 or float32; the C
+kernels must give the same maps and gradients, fall back (return None) for
+inputs they do not serve, and leave the compiled kernels in charge when they
+cannot be built.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+from cnnf import functional as CF
+from cnnf import fused, native
+from cnnf.models import adversarial_cnnf_loss, create_model
+
+CL = torch.channels_last
+TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.bfloat16: {"rtol": 1.6e-2, "atol": 1e-2}}
+EPS = 1e-8
+
+
+@pytest.fixture(autouse=True)
+def _native_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(native.ENV, raising=False)
+    if native.library() is None:
+        pytest.fail("the native kernels did not build on this machine (a C compiler is needed for the fused path)")
+
+
+def maps(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g).to(dtype).contiguous(memory_format=CL)
+
+
+def close(got: Tensor, want: Tensor, dtype: torch.dtype) -> None:
+    torch.testing.assert_close(got.float(), want.float(), **TOL[dtype])
+
+
+# Channel counts: the specialised kernels (16, 32, 64, 128) and the generic one (20).
+SHAPES = [(3, 16, 5, 5), (2, 32, 28, 28), (4, 64, 14, 14), (2, 20, 6, 7), (2, 128, 3, 3)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_norm_and_norm_relu_match_the_formulas(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    x, g = maps(shape, 0, dtype), maps(shape, 1, dtype)
+    bias = torch.randn(shape[1], generator=torch.Generator().manual_seed(2)) * 0.3
+    for relu, formula, grad_formula in ((False, fused.norm_forward, None), (True, fused.norm_relu_forward, fused.norm_relu_backward)):
+        got = native.norm_forward(x, bias, EPS, relu)
+        want = formula(x, bias, EPS)
+        assert got is not None
+        close(got[0], want[0], dtype)
+        torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=0)  # r: float32 in both
+        assert got[0].dtype == dtype and got[0].is_contiguous(memory_format=CL)
+        if relu:
+            assert torch.equal(got[0] > 0, want[0] > 0) or dtype == torch.bfloat16  # the same units active
+        r = want[1]
+        grads = native.norm_backward(g, x, r, bias if relu else None, relu, True)
+        want_g = grad_formula(g, x, r, bias, True) if relu else fused.norm_backward(g, x, r, True)
+        assert grads is not None
+        close(grads[0], want_g[0], dtype)
+        torch.testing.assert_close(grads[1], want_g[1], rtol=1e-4, atol=1e-3)  # bias: float32 sums in another order
+        assert grads[0].dtype == dtype and grads[1].dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", SHAPES[:4], ids=lambda s: "x".join(map(str, s)))
+def test_norm_ada_relu_matches_the_formulas(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    x, s, g = maps(shape, 3, dtype), maps(shape, 4, dtype), maps(shape, 5, dtype)
+    s[0, :, 0, 0] = 0  # a zero signal: the unit is off whatever its value
+    bias = torch.randn(shape[1], generator=torch.Generator().manual_seed(6)) * 0.3
+    got, want = native.norm_ada_relu_forward(x, bias, s, 0.3, EPS), fused.norm_ada_relu_forward(x, bias, s, 0.3, EPS)
+    assert got is not None
+    for a, b in zip(got, want):
+        close(a, b, dtype)
+    assert (got[0] < 0).any(), "a negative signal lets negative values pass"
+    assert torch.equal(got[0] != 0, got[1] > 0), "the gate is positive exactly where the output is kept"
+    assert not got[0][0, :, 0, 0].any()
+    z, r = want[1], want[2]
+    grads = native.norm_ada_relu_backward(g, z, x, r, 0.3, True, True)
+    want_g = fused.norm_ada_relu_backward(g, z, x, r, 0.3, True, True)
+    assert grads is not None
+    close(grads[0], want_g[0], dtype)
+    torch.testing.assert_close(grads[1], want_g[1], rtol=1e-4, atol=1e-3)
+    close(grads[2], want_g[2], dtype)
+    without = native.norm_ada_relu_backward(g, z, x, r, 0.3, False, False)
+    assert without is not None and without[1] is None and without[2] is None
+    assert torch.equal(without[0], grads[0])
+
+
+def test_the_thread_count_does_not_change_a_bit() -> None:
+    """Each sample is one thread's work: 1 or 2 threads give identical results."""
+    x, g = maps((6, 32, 9, 9), 7), maps((6, 32, 9, 9), 8)
+    bias = torch.linspace(-0.2, 0.2, 32)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out, r = native.norm_forward(x, bias, EPS, True)
+            results.append((out, r, *native.norm_backward(g, x, r, bias, True, True)))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_nan_propagates_like_torch_relu() -> None:
+    """A NaN poisons its (sample, channel) as in the formulas, so a diverging
+    run still ends with a non-finite loss instead of silently zeroed units."""
+    x = maps((2, 16, 4, 4), 9)
+    x[1, 3, 2, 2] = float("nan")
+    got, _ = native.norm_forward(x, torch.zeros(16), EPS, True)
+    want, _ = fused.norm_relu_forward(x, torch.zeros(16), EPS)
+    assert torch.equal(got.isnan(), want.isnan()) and got[1, 3].isnan().all()
+
+
+def test_inputs_the_kernels_do_not_serve_fall_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = maps((2, 16, 4, 4), 10)
+    bias = torch.zeros(16)
+    assert native.norm_forward(x, bias, EPS, True) is not None
+    assert native.norm_forward(x.contiguous(), bias, EPS, True) is None, "NCHW"
+    assert native.norm_forward(x.double(), bias.double(), EPS, True) is None, "float64"
+    assert native.norm_forward(x, bias.double(), EPS, True) is None, "a bias of another dtype"
+    assert native.norm_forward(maps((1, 300, 2, 2), 11), None, EPS, True) is None, "over 256 channels"
+    assert native.norm_ada_relu_forward(x, bias, x.bfloat16(), 0.1, EPS) is None, "signal of another dtype"
+    r = torch.ones(2, 16, 1, 1)
+    assert native.norm_backward(x[:, :, :2], x, r, bias, True, True) is None, "gradient of another shape"
+    with native.use_native(False):
+        assert native.norm_forward(x, bias, EPS, True) is None
+    monkeypatch.setenv(native.ENV, "0")
+    assert native.norm_forward(x, bias, EPS, True) is None
+
+
+def test_build_is_cached_and_a_failed_build_leaves_the_compiled_kernels(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CNNF_NATIVE_CACHE", str(tmp_path / "cache"))
+    native.library.cache_clear()
+    try:
+        assert native.library() is not None
+        (built,) = (tmp_path / "cache").glob("*/libcnnf_kernels.so")
+        stamp = built.stat().st_mtime_ns
+        native.library.cache_clear()
+        assert native.library() is not None and built.stat().st_mtime_ns == stamp, "loaded from the cache, not rebuilt"
+
+        monkeypatch.setenv("CNNF_NATIVE_CACHE", str(tmp_path / "other"))
+        monkeypatch.setenv("CC", "false")  # a compiler that always fails
+        native.library.cache_clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert native.library() is None
+        assert any("native CPU kernels unavailable" in str(w.message) for w in caught)
+        assert not list((tmp_path / "other").glob("*/*.so")), "nothing half-written is left to load"
+        x = maps((2, 16, 4, 4), 12)
+        assert native.norm_forward(x, None, EPS, True) is None
+        monkeypatch.setenv(fused.ENV, "1")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out, _ = CF.norm_ada_relu(x, torch.zeros(16), None, 0.1)  # the compiled kernel serves
+        torch.testing.assert_close(out, torch.relu(CF.l2_instance_norm(x.double()).float()), rtol=1e-5, atol=1e-5)
+    finally:
+        native.library.cache_clear()
+
+
+def test_training_step_gradients_match_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The B.2 CNN-F (16, 32 and 64 channels), one feedback iteration, clean +
+    adversarial loss: with the C kernels serving every instance norm, the loss
+    and every parameter gradient agree with the eager path."""
+    torch.manual_seed(0)
+    net = create_model("cnnf_fmnist_adv", ind=2)
+    x = torch.rand(8, 1, 28, 28) * 2 - 1
+    y = torch.randint(0, 10, (4,))
+    served: list[str] = []
+    real = native.library()
+
+    class Spy:
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            served.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(native, "library", lambda: Spy())
+    results = []
+    for on in (False, True):
+        monkeypatch.setenv(fused.ENV, "1" if on else "0")
+        net.zero_grad(set_to_none=True)
+        loss, _, _ = adversarial_cnnf_loss(net.iterate(x, 1), y, 0.1, 1.0)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}))
+    assert {"cnnf_norm_fwd_f32", "cnnf_norm_bwd_f32", "cnnf_ada_fwd_f32", "cnnf_ada_bwd_f32"} <= set(served)
+    (l0, g0), (l1, g1) = results
+    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-5)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_bfloat16_maps_of_16_channels_take_the_fused_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled kernels serve bf16 only for multiples of 32 channels; the C ones serve any count."""
+    monkeypatch.setenv(fused.ENV, "1")
+    x = maps((4, 16, 6, 6), 13, torch.bfloat16)
+    assert fused.enabled_for(x)
+    monkeypatch.setenv(native.ENV, "0")
+    assert not fused.enabled_for(x)
