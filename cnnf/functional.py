@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cnnf import fused
+from cnnf import fused, native
 
 IN_EPS = 1e-8
 
@@ -299,7 +299,7 @@ class _AdaPool(torch.autograd.Function):
         # faster on the CPU than a max-pool, a min-pool and selects on bools.
         sign = torch.sign(g).to(x.dtype)  # (N, C, h, w)
         window_sign = F.interpolate(sign, scale_factor=kernel, mode="nearest").to(x.dtype)  # (N, C, H, W)
-        signed, index = F.max_pool2d(x * window_sign, kernel, return_indices=True)
+        signed, index = _max_pool_indices(x * window_sign, kernel)
         active = sign.abs()
         ctx.save_for_backward(x, index, active)
         ctx.kernel = kernel
@@ -312,9 +312,72 @@ class _AdaPool(torch.autograd.Function):
         if grad is None:
             return None, None, None
         x, index, active = ctx.saved_tensors
-        k = ctx.kernel
-        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(grad * active, x, [k, k], [k, k], [0, 0], [1, 1], False, index)
-        return grad_x, None, None  # the selection is piecewise constant in g: no gradient
+        return _unpool(grad * active, x, index, ctx.kernel), None, None  # the selection is piecewise constant in g: no gradient
+
+
+def _native_pool(x: Tensor, kernel: int) -> bool:
+    """Whether the 2x2 pooling of x runs on cnnf.native's kernels (the fused CPU path)."""
+    return kernel == 2 and fused.enabled_for(x) and native.serves(x)
+
+
+def _max_pool_indices(x: Tensor, kernel: int) -> tuple[Tensor, Tensor]:
+    """F.max_pool2d(x, kernel, return_indices=True) of a tensor outside autograd."""
+    if _native_pool(x, kernel):
+        pooled = native.maxpool2(x)
+        if pooled is not None:
+            return pooled
+    return F.max_pool2d(x, kernel, return_indices=True)
+
+
+def _unpool(grad: Tensor, x: Tensor, index: Tensor, kernel: int) -> Tensor:
+    """max_pool2d's backward: grad at the selected positions of x's shape, 0 elsewhere."""
+    if not torch.is_grad_enabled() and _native_pool(grad, kernel):
+        out = native.unpool2(grad, index, (x.shape[-2], x.shape[-1]))
+        if out is not None:
+            return out
+    k = kernel
+    return torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [k, k], [k, k], [0, 0], [1, 1], False, index)
+
+
+class _MaxPool(torch.autograd.Function):
+    """The first-pass max-pool on cnnf.native's kernels: the same values,
+    indices and gradient as F.max_pool2d, the backward written densely."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, kernel: int) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        out, index = _max_pool_indices(x, kernel)
+        ctx.save_for_backward(x, index)
+        ctx.kernel = kernel
+        ctx.mark_non_differentiable(index)
+        ctx.set_materialize_grads(False)
+        return out, index
+
+    @staticmethod
+    def backward(ctx, grad: Optional[Tensor], _index: None) -> tuple[Optional[Tensor], None]:  # type: ignore[override]
+        if grad is None:
+            return None, None
+        x, index = ctx.saved_tensors
+        return _unpool(grad, x, index, ctx.kernel), None
+
+
+class _Unpool(torch.autograd.Function):
+    """F.max_unpool2d on cnnf.native's kernels (its backward, a gather, too)."""
+
+    @staticmethod
+    def forward(ctx, s: Tensor, index: Tensor, output_size: tuple[int, int]) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(index)
+        out = native.unpool2(s, index, output_size)
+        if out is None:
+            out = F.max_unpool2d(s, index, 2, output_size=output_size).contiguous(memory_format=torch.channels_last)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        out = None if torch.is_grad_enabled() else native.gather2(grad, index)
+        if out is None:
+            out = grad.flatten(2).gather(2, index.flatten(2)).view_as(index).contiguous(memory_format=torch.channels_last)
+        return out, None, None
 
 
 def ada_pool(x: Tensor, g: Tensor | None, kernel: int = 2) -> tuple[Tensor, PoolSelection]:
@@ -325,7 +388,10 @@ def ada_pool(x: Tensor, g: Tensor | None, kernel: int = 2) -> tuple[Tensor, Pool
     x: (N, C, H, W); g: (N, C, H / kernel, W / kernel).
     """
     if g is None:
-        top, top_index = F.max_pool2d(x, kernel, return_indices=True)
+        if _native_pool(x, kernel):
+            top, top_index = _MaxPool.apply(x, kernel)
+        else:
+            top, top_index = F.max_pool2d(x, kernel, return_indices=True)
         return top, PoolSelection(top_index, None)
     out, index, active = _AdaPool.apply(x, g.detach(), kernel)
     if _STRAIGHT_THROUGH.get() and x.requires_grad:
@@ -346,7 +412,10 @@ def ada_pool_feedback(
     # Autocast runs max_unpool2d in float32 on the CPU; with bf16 activations
     # that would turn the whole feedback path below it into float32.
     with torch.autocast(s.device.type, enabled=False):
-        out = F.max_unpool2d(channels_last_grad(s), selection.index, kernel, output_size=output_size)
+        if _native_pool(s, kernel):
+            out = _Unpool.apply(s, selection.index, output_size)
+        else:
+            out = F.max_unpool2d(channels_last_grad(s), selection.index, kernel, output_size=output_size)
     if _STRAIGHT_THROUGH.get() and s.requires_grad:
         spread = F.interpolate(s, scale_factor=kernel, mode="nearest") / kernel**2  # adjoint of average pooling
         spread = F.pad(spread, (0, output_size[1] - spread.shape[-1], 0, output_size[0] - spread.shape[-2]))

@@ -106,7 +106,9 @@ def library() -> Optional[ctypes.CDLL]:
         getattr(lib, f"cnnf_norm_bwd_{t}").argtypes = [P, P, P, P, INT, I64, I64, I64, P, P, INT]
         getattr(lib, f"cnnf_ada_fwd_{t}").argtypes = [P, P, P, F, F, I64, I64, I64, P, P, P, INT]
         getattr(lib, f"cnnf_ada_bwd_{t}").argtypes = [P, P, P, P, F, I64, I64, I64, P, P, P, INT]
-        for name in ("norm_fwd", "norm_bwd", "ada_fwd", "ada_bwd"):
+        for name in ("maxpool2", "unpool2", "gather2"):
+            getattr(lib, f"cnnf_{name}_{t}").argtypes = [P, P, I64, I64, I64, I64, P, INT]
+        for name in ("norm_fwd", "norm_bwd", "ada_fwd", "ada_bwd", "maxpool2", "unpool2", "gather2"):
             getattr(lib, f"cnnf_{name}_{t}").restype = INT
     return lib
 
@@ -219,3 +221,56 @@ def norm_ada_relu_backward(g: Tensor, z: Tensor, x: Tensor, r: Tensor, eta: floa
                                                        grad.data_ptr(), _ptr(rows), _ptr(grad_s), torch.get_num_threads()):
         return None
     return grad, _bias_grad(rows), grad_s
+
+
+# ------------------------------------------------------------ 2x2 max pooling
+# The indices are max_pool2d's (flat h W + w in the input plane, int64,
+# channels-last like the maps); unpool2 and gather2 assume each lies in its
+# own 2x2 window, which holds for every index cnnf's pooling produces.
+
+
+def _index_ok(index: Tensor, pooled: tuple[int, ...]) -> bool:
+    return (index.dtype == torch.int64 and tuple(index.shape) == pooled and index.device.type == "cpu"
+            and index.is_contiguous(memory_format=_CL))
+
+
+def maxpool2(x: Tensor) -> Optional[tuple[Tensor, Tensor]]:
+    """F.max_pool2d(x, 2, return_indices=True), or None where the native kernel does not apply."""
+    lib = _lib_for(x)
+    if lib is None:
+        return None
+    n, c, h, w = x.shape
+    out = torch.empty((n, c, h // 2, w // 2), dtype=x.dtype, memory_format=_CL)
+    index = torch.empty((n, c, h // 2, w // 2), dtype=torch.int64, memory_format=_CL)
+    if getattr(lib, f"cnnf_maxpool2_{_SUFFIX[x.dtype]}")(x.data_ptr(), n, h, w, c, out.data_ptr(), index.data_ptr(),
+                                                        torch.get_num_threads()):
+        return None
+    return out, index
+
+
+def unpool2(s: Tensor, index: Tensor, size: tuple[int, int]) -> Optional[Tensor]:
+    """(N, C, H, W) map with s at the positions `index` names and 0 elsewhere
+    (max_pool2d's backward, and F.max_unpool2d(s, index, 2, output_size=size)),
+    or None where the native kernel does not apply."""
+    lib = _lib_for(s)
+    if lib is None or not _index_ok(index, tuple(s.shape)) or (size[0] // 2, size[1] // 2) != tuple(s.shape[-2:]):
+        return None
+    n, c = s.shape[:2]
+    out = torch.empty((n, c, *size), dtype=s.dtype, memory_format=_CL)
+    if getattr(lib, f"cnnf_unpool2_{_SUFFIX[s.dtype]}")(s.data_ptr(), index.data_ptr(), n, size[0], size[1], c, out.data_ptr(),
+                                                       torch.get_num_threads()):
+        return None
+    return out
+
+
+def gather2(g: Tensor, index: Tensor) -> Optional[Tensor]:
+    """g at each index, (N, C, H / 2, W / 2) (the backward of unpool2), or None where the native kernel does not apply."""
+    lib = _lib_for(g)
+    n, c, h, w = g.shape
+    if lib is None or not _index_ok(index, (n, c, h // 2, w // 2)):
+        return None
+    out = torch.empty((n, c, h // 2, w // 2), dtype=g.dtype, memory_format=_CL)
+    if getattr(lib, f"cnnf_gather2_{_SUFFIX[g.dtype]}")(g.data_ptr(), index.data_ptr(), n, h, w, c, out.data_ptr(),
+                                                       torch.get_num_threads()):
+        return None
+    return out

@@ -216,3 +216,79 @@ int cnnf_ada_bwd_##T(const CT* g, const CT* z, const CT* x, const float* r, floa
 
 KERNELS(f32, float)
 KERNELS(bf16, bf16)
+
+/* 2x2, stride-2 max pooling of channels-last maps (the AdaPools), with
+ * max_pool2d's conventions: the index is the flat position h W + w in the
+ * input plane, the first maximum in row-major window order wins, a NaN
+ * wins over numbers (the last NaN over earlier ones). Odd trailing rows or
+ * columns are not pooled. */
+#define POOL_KERNELS(T, CT)                                                                                         \
+int cnnf_maxpool2_##T(const CT* restrict x, int64_t N, int64_t H, int64_t W, int64_t C, CT* restrict out,          \
+                      int64_t* restrict idx, int threads) {                                                         \
+    const int64_t h = H / 2, w = W / 2;                                                                             \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                                             \
+    for (int64_t ni = 0; ni < N * h; ni++) {                                                                        \
+        const int64_t n = ni / h, i = ni % h;                                                                       \
+        for (int64_t j = 0; j < w; j++) {                                                                           \
+            const int64_t p0 = (2 * i) * W + 2 * j;                                                                 \
+            const CT* restrict a = x + (n * H * W + p0) * C;                                                        \
+            const CT* restrict b = a + C;                                                                           \
+            const CT* restrict d = a + W * C;                                                                       \
+            const CT* restrict e = d + C;                                                                           \
+            CT* restrict o = out + ((n * h + i) * w + j) * C;                                                       \
+            int64_t* restrict k = idx + ((n * h + i) * w + j) * C;                                                  \
+            _Pragma("omp simd")                                                                                     \
+            for (int64_t c = 0; c < C; c++) {                                                                       \
+                float m = LD_##T(a, c), v;                                                                          \
+                CT mv = a[c];                                                                                       \
+                int64_t mk = p0;                                                                                    \
+                v = LD_##T(b, c); if (v > m || v != v) { m = v; mv = b[c]; mk = p0 + 1; }                           \
+                v = LD_##T(d, c); if (v > m || v != v) { m = v; mv = d[c]; mk = p0 + W; }                           \
+                v = LD_##T(e, c); if (v > m || v != v) { m = v; mv = e[c]; mk = p0 + W + 1; }                       \
+                o[c] = mv;                                                                                          \
+                k[c] = mk;                                                                                          \
+            }                                                                                                       \
+        }                                                                                                           \
+    }                                                                                                               \
+    return 0;                                                                                                       \
+}                                                                                                                   \
+/* The adjoint: out (N, H, W, C) holds g at the position its index names and                                       \
+ * 0 elsewhere; every index must lie in its own 2x2 window (as cnnf_maxpool2                                       \
+ * gives). This is max_pool2d's backward and max_unpool2d, written densely:                                       \
+ * one pass, no zero fill followed by a scatter. */                                                                 \
+int cnnf_unpool2_##T(const CT* restrict g, const int64_t* restrict idx, int64_t N, int64_t H, int64_t W,           \
+                     int64_t C, CT* restrict out, int threads) {                                                    \
+    const int64_t h = H / 2, w = W / 2;                                                                             \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                                             \
+    for (int64_t nr = 0; nr < N * H; nr++) {                                                                        \
+        const int64_t n = nr / H, row = nr % H, i = row / 2;                                                        \
+        for (int64_t col = 0; col < W; col++) {                                                                     \
+            const int64_t j = col / 2, p = row * W + col;                                                           \
+            CT* restrict o = out + (n * H * W + p) * C;                                                             \
+            if (i >= h || j >= w) { memset(o, 0, C * sizeof(CT)); continue; }                                       \
+            const CT* restrict s = g + ((n * h + i) * w + j) * C;                                                   \
+            const int64_t* restrict k = idx + ((n * h + i) * w + j) * C;                                            \
+            _Pragma("omp simd")                                                                                     \
+            for (int64_t c = 0; c < C; c++) o[c] = k[c] == p ? s[c] : (CT)0;                                        \
+        }                                                                                                           \
+    }                                                                                                               \
+    return 0;                                                                                                       \
+}                                                                                                                   \
+/* max_unpool2d's backward: out (N, h, w, C) = g (N, H, W, C) at each index. */                                    \
+int cnnf_gather2_##T(const CT* restrict g, const int64_t* restrict idx, int64_t N, int64_t H, int64_t W,           \
+                     int64_t C, CT* restrict out, int threads) {                                                    \
+    const int64_t hw = (H / 2) * (W / 2);                                                                           \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                                             \
+    for (int64_t n = 0; n < N; n++) {                                                                               \
+        const CT* restrict gn = g + n * H * W * C;                                                                  \
+        for (int64_t q = 0; q < hw; q++) {                                                                          \
+            const int64_t* restrict k = idx + (n * hw + q) * C;                                                     \
+            CT* restrict o = out + (n * hw + q) * C;                                                                \
+            for (int64_t c = 0; c < C; c++) o[c] = gn[k[c] * C + c];                                                \
+        }                                                                                                           \
+    }                                                                                                               \
+    return 0;                                                                                                       \
+}
+
+POOL_KERNELS(f32, float)
+POOL_KERNELS(bf16, bf16)

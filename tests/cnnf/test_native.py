@@ -167,8 +167,8 @@ def test_build_is_cached_and_a_failed_build_leaves_the_compiled_kernels(monkeypa
 
 def test_training_step_gradients_match_eager(monkeypatch: pytest.MonkeyPatch) -> None:
     """The B.2 CNN-F (16, 32 and 64 channels), one feedback iteration, clean +
-    adversarial loss: with the C kernels serving every instance norm, the loss
-    and every parameter gradient agree with the eager path."""
+    adversarial loss: with the C kernels serving every instance norm and
+    pooling, the loss and every parameter gradient agree with the eager path."""
     torch.manual_seed(0)
     net = create_model("cnnf_fmnist_adv", ind=2)
     x = torch.rand(8, 1, 28, 28) * 2 - 1
@@ -189,7 +189,8 @@ def test_training_step_gradients_match_eager(monkeypatch: pytest.MonkeyPatch) ->
         loss, _, _ = adversarial_cnnf_loss(net.iterate(x, 1), y, 0.1, 1.0)
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}))
-    assert {"cnnf_norm_fwd_f32", "cnnf_norm_bwd_f32", "cnnf_ada_fwd_f32", "cnnf_ada_bwd_f32"} <= set(served)
+    assert {"cnnf_norm_fwd_f32", "cnnf_norm_bwd_f32", "cnnf_ada_fwd_f32", "cnnf_ada_bwd_f32", "cnnf_maxpool2_f32",
+            "cnnf_unpool2_f32", "cnnf_gather2_f32"} <= set(served)
     (l0, g0), (l1, g1) = results
     torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-5)
     for name in g0:
@@ -203,3 +204,44 @@ def test_bfloat16_maps_of_16_channels_take_the_fused_path(monkeypatch: pytest.Mo
     assert fused.enabled_for(x)
     monkeypatch.setenv(native.ENV, "0")
     assert not fused.enabled_for(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", [(2, 16, 28, 28), (3, 64, 14, 14), (2, 20, 7, 9)], ids=lambda s: "x".join(map(str, s)))
+def test_pooling_is_bitwise_torchs(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """max_pool2d's values and indices (ties: the first; NaN wins), its backward,
+    max_unpool2d and the unpool's backward (a gather), bit for bit; odd sizes drop the last row / column."""
+    import torch.nn.functional as F
+
+    x = maps(shape, 14, dtype)
+    x[0, 0, 0, 0] = float("nan")
+    x[1, 1, 2:4, 2:4] = 1.0  # a window of ties
+    want, want_index = F.max_pool2d(x, 2, return_indices=True)
+    got, index = native.maxpool2(x)
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+    assert torch.equal(index, want_index) and got.is_contiguous(memory_format=CL)
+    g = maps(tuple(want.shape), 15, dtype)
+    size = (shape[2], shape[3])
+    back = torch.ops.aten.max_pool2d_with_indices_backward(g, x, [2, 2], [2, 2], [0, 0], [1, 1], False, want_index)
+    assert torch.equal(native.unpool2(g, index, size), back)
+    assert torch.equal(native.unpool2(g, index, size), F.max_unpool2d(g, want_index, 2, output_size=size))
+    big = maps(shape, 16, dtype)
+    assert torch.equal(native.gather2(big, index), big.flatten(2).gather(2, want_index.flatten(2)).view_as(g))
+    assert native.unpool2(g, index.contiguous(), size) is None, "indices in another layout fall back"
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["first-pass", "later-pass"])
+def test_ada_pool_and_its_feedback_match_eager(monkeypatch: pytest.MonkeyPatch, later: bool) -> None:
+    """Values and gradients of the AdaPool and the unpooling feedback, native kernels on or off."""
+    x, s = maps((3, 16, 8, 8), 17), maps((3, 16, 4, 4), 18)
+    s[0, 0] = 0
+    results = []
+    for on in ("1", "0"):
+        monkeypatch.setenv(fused.ENV, on)
+        a, b = x.clone().requires_grad_(True), s.clone().requires_grad_(True)
+        pooled, selection = CF.ada_pool(a, s if later else None)
+        fb = CF.ada_pool_feedback(b, selection, (8, 8))
+        loss = (pooled * maps((3, 16, 4, 4), 19)).sum() + (fb * maps((3, 16, 8, 8), 20)).sum()
+        results.append((pooled.detach(), selection.index, fb.detach(), *torch.autograd.grad(loss, (a, b))))
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
