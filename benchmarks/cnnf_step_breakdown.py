@@ -10,7 +10,9 @@ images, SGD, clipping). One run, per precision:
   - torch.profiler's self CPU time per op over `--steps` steps, grouped into
     "GEMM" (oneDNN convolutions forward and backward, MKL/oneDNN mm and
     addmm: the kernels that do those FLOPs), "fused kernels" (cnnf.fused's
-    compiled instance norm + AdaReLU) and "rest" (pooling, casts, the
+    instance norm + AdaReLU, compiled or cnnf.native's C kernels, and the
+    C pooling kernels: these run inside the autograd functions that call
+    them, whose self time the group takes) and "rest" (casts, the
     optimiser, elementwise ops, autograd and Python overhead);
   - the GEMM kernels' achieved GFLOP/s inside the step, against the n x n
     matmul peak measured in the same run;
@@ -22,7 +24,7 @@ The profiler adds overhead to every op, mostly to the many small ones in
 "rest"; the GEMM times are long calls and barely change (compare the GEMM
 share of the profiled and the unprofiled step). Run it alone.
 
-    .venv/bin/python benchmarks/cnnf_step_breakdown.py [--precision fp32 bf16] [--kernels fused|eager] [--steps 8] [--peak-seconds 2] [--json out.json]
+    .venv/bin/python benchmarks/cnnf_step_breakdown.py [--precision fp32 bf16] [--kernels fused|eager|compiled] [--steps 8] [--peak-seconds 2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cnnf_throughput import REFERENCE, TRAIN_BATCH, count_flops, make_train_step, matmul_peak  # noqa: E402
 
-from cnnf import fused  # noqa: E402
+from cnnf import fused, native  # noqa: E402
 from cnnf.runtime import tune_cpu_allocator  # noqa: E402
 
 # aten::_convolution is in the list because the transposed convolutions of the
@@ -53,10 +55,16 @@ GEMM_OPS = {"aten::mkldnn_convolution", "aten::convolution_backward", "aten::mm"
 TARGET = {"fp32": 1.3, "bf16": 2.0}
 
 
+# The autograd functions of cnnf.functional whose self time is a C kernel of
+# cnnf.native (plus the function's Python call).
+NATIVE_FUNCTIONS = {f"{name}{suffix}" for name in ("_NormReLU", "_NormAdaReLU", "_L2InstanceNorm", "_MaxPool", "_Unpool", "_AdaPool")
+                    for suffix in ("", "Backward")}
+
+
 def group(name: str) -> str:
     if name in GEMM_OPS:
         return "GEMM"
-    if name.startswith("## Call CompiledFxGraph"):
+    if name.startswith("## Call CompiledFxGraph") or name in NATIVE_FUNCTIONS:
         return "fused kernels"
     return "rest"
 
@@ -65,7 +73,7 @@ def breakdown(precision: str, kernels: str, steps: int) -> dict[str, object]:
     """The step's measurements in one precision (the figures relative to the reference: `with_ratios`)."""
     step = make_train_step("cnnf_fmnist_adv", 1, precision, torch.device("cpu"), TRAIN_BATCH)
     flops = count_flops(step)  # a dispatch mode sees the eager ops: the same FLOPs either way
-    with fused.use_kernels(kernels == "fused"):
+    with fused.use_kernels(kernels != "eager"), native.use_native(kernels == "fused"):
         for _ in range(3):
             step()
         times = []
@@ -108,7 +116,8 @@ def with_ratios(r: dict[str, object], peak: dict[str, float]) -> dict[str, objec
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    parser.add_argument("--kernels", default="fused", choices=["fused", "eager"], help="what fit runs: fused (default)")
+    parser.add_argument("--kernels", default="fused", choices=["fused", "eager", "compiled"],
+                        help="what fit runs: fused (default); compiled: the fused path without the C kernels")
     parser.add_argument("--steps", type=int, default=8, help="timed and profiled steps per precision")
     parser.add_argument("--peak-seconds", type=float, default=2.0, help="timing window of each matmul-peak measurement")
     parser.add_argument("--json", help="also write the figures to this file")

@@ -23,13 +23,15 @@ matmul peaks measured on the GPU); the quoted reference is a CPU figure, so
 the `x ref` columns are left empty there. `--train-batch` / `--infer-batch`
 change the batch sizes (a GPU is launch-bound at batch 64).
 
-`--kernels fused eager` also times the eager instance norms / AdaReLUs
-(cnnf.fused; `fit` uses the fused kernels on the CPU for runs of 1000 steps
-or more, so `fused` is what a real training run executes; on a GPU both are
+`--kernels fused eager compiled` also times the eager instance norms /
+AdaReLUs / pooling, and the fused path with torch.compile's kernels only
+(cnnf.native's C kernels off: `compiled`); `fused` is the fused path with the
+C kernels serving what they can (cnnf.fused; `fit` uses it on the CPU for runs of 1000 steps
+or more, so `fused` is what a real training run executes; on a GPU all are
 eager). The variants of one row are timed in alternating rounds, so their
 ratio is robust to the machine's load drifting during the run.
 
-    .venv/bin/python benchmarks/cnnf_throughput.py [--precision fp32 bf16] [--kernels fused eager] [--seconds 8] [--peak-seconds 2] [--device cpu|cuda]
+    .venv/bin/python benchmarks/cnnf_throughput.py [--precision fp32 bf16] [--kernels fused eager compiled] [--seconds 8] [--peak-seconds 2] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from cnnf import fused
+from cnnf import fused, native
 from cnnf.config import TrainConfig
 from cnnf.models import InferenceModel, create_model
 from cnnf.runtime import tune_cpu_allocator
@@ -126,7 +128,7 @@ def time_interleaved(fns: dict[str, Callable[[], object]], seconds: float, devic
 @dataclass
 class Row:
     what: str
-    precision: str  # "fp32" / "bf16", with "+fused" when the fused CPU kernels ran
+    precision: str  # "fp32" / "bf16", with "+fused" when the fused CPU kernels ran ("+compiled": without the C kernels)
     images_per_s: float
     gflop_per_image: float
     gflop_per_s: float
@@ -169,8 +171,9 @@ def make_inference(arch: str, n_iterations: int, precision: str, device: torch.d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    parser.add_argument("--kernels", nargs="+", default=["fused"], choices=["fused", "eager"],
-                        help="instance norm + AdaReLU as fused CPU kernels (what fit runs) and/or eager ops")
+    parser.add_argument("--kernels", nargs="+", default=["fused"], choices=["fused", "eager", "compiled"],
+                        help="instance norm + AdaReLU + pooling on the fused CPU path (what fit runs), eager ops, "
+                             "and/or the fused path without the C kernels")
     parser.add_argument("--seconds", type=float, default=8.0, help="timing window per measurement")
     parser.add_argument("--peak-seconds", type=float, default=2.0, help="timing window of each matmul-peak measurement")
     parser.add_argument("--json", help="also write the figures to this file")
@@ -199,7 +202,7 @@ def main() -> None:
     for precision in args.precision:
         def scoped(fn: Callable[[], object], kernels: str) -> Callable[[], object]:
             def call() -> object:
-                with fused.use_kernels(kernels == "fused"):
+                with fused.use_kernels(kernels != "eager"), native.use_native(kernels == "fused"):
                     return fn()
             return call
 
@@ -209,7 +212,7 @@ def main() -> None:
                 call()  # compiles the kernels when fused
             flops = count_flops(counted) / batch  # a dispatch mode sees the eager ops: the same FLOPs either way
             for kernels, sec in time_interleaved(variants, args.seconds, device).items():
-                label = precision + ("+fused" if kernels == "fused" else "")
+                label = precision + ("" if kernels == "eager" else f"+{kernels}")
                 rows.append(Row(what, label, batch / sec, flops / 1e9, flops * batch / sec / 1e9))
 
         for what, arch, t in (("CNN-F train", "cnnf_fmnist_adv", 1), ("CNN train", "cnn_fmnist_adv", 0)):

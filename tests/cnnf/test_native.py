@@ -245,3 +245,32 @@ def test_ada_pool_and_its_feedback_match_eager(monkeypatch: pytest.MonkeyPatch, 
         results.append((pooled.detach(), selection.index, fb.detach(), *torch.autograd.grad(loss, (a, b))))
     for got, want in zip(*results):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fit_with_fused_kernels_runs_on_the_c_kernels(monkeypatch: pytest.MonkeyPatch, precision: str) -> None:
+    """B.2 adversarial training through fit (autocast for bf16): the C kernels
+    serve the norms and pooling of every dtype the step produces, and the run's
+    losses stay finite."""
+    from cnnf.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+    from cnnf.data import load_splits
+    from cnnf.train import fit
+
+    monkeypatch.delenv(fused.ENV, raising=False)
+    served: set[str] = set()
+    real = native.library()
+
+    class Spy:
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            served.add(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(native, "library", lambda: Spy())
+    data = DataConfig(n_train=32, val_fraction=0.25)
+    train = TrainConfig(epochs=1, batch_size=8, device="cpu", kernels="fused", precision=precision,  # type: ignore[arg-type]
+                        adv_eps_linf=0.1, adv_steps=1, n_iterations=1)
+    cfg = ExperimentConfig(data=data, model=ModelConfig(arch="cnnf_fmnist_adv", ind=2), train=train)
+    (epoch,) = fit(cfg, load_splits(data)).history
+    suffix = "f32" if precision == "fp32" else "bf16"
+    assert {f"cnnf_{k}_{suffix}" for k in ("norm_fwd", "norm_bwd", "ada_fwd", "ada_bwd", "maxpool2", "unpool2", "gather2")} <= served
+    assert all(torch.isfinite(torch.tensor(v)) for v in (epoch.train_loss, epoch.train_ce, epoch.train_recon))
