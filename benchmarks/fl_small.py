@@ -127,7 +127,7 @@ def main() -> None:
         fl_table([(NAMES[k], [reports[k]]) for k in order]),
         "\n## Robustness R and class robustness R_i (each model's own search)\n",
         robustness_table(stats),
-        f"\nFL tiers (by the original model's R_i): "
+        "\nFL tiers (by the original model's R_i): "
         + ", ".join(f"class {c}: {plan.tier[c]} ({plan.quota[c]})" for c in plan.order) + ".\n",
         "\n![margin heat maps](margin_heatmap.png)\n\n![class robustness](class_robustness.png)\n",
         "\n## Adjacent-class shares (paper Table I)\n", adjacent_share_table(stats),

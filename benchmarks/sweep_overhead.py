@@ -75,7 +75,6 @@ import math
 import os
 import pstats
 import shutil
-import sys
 import tempfile
 import threading
 import time
