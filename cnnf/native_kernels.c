@@ -42,10 +42,34 @@ static inline bf16 bf16_store(float f) {
 #define LD_bf16(p, i) bf16_load((p)[i])
 #define ST_bf16(p, i, v) ((p)[i] = bf16_store(v))
 
+/* Runs CALL (which names the channel count CC_) with CC_ a compile-time
+ * constant for 16, 32, 64 and 128 channels, so that the inlined loops are
+ * specialised, and with the run-time count for any other C up to MAX_C;
+ * returns 1 (the caller falls back) for anything else. */
+#define SPECIALISE(CALL)                                                                                            \
+    switch (C) {                                                                                                    \
+    case 16: { const int CC_ = 16; CALL; return 0; }                                                                \
+    case 32: { const int CC_ = 32; CALL; return 0; }                                                                \
+    case 64: { const int CC_ = 64; CALL; return 0; }                                                                \
+    case 128: { const int CC_ = 128; CALL; return 0; }                                                              \
+    default: { if (C < 1 || C > MAX_C) return 1; const int CC_ = (int)C; CALL; return 0; }                          \
+    }
+
 /* For each dtype T (f32 / bf16) and a channel count CC that is a compile-time
  * constant after inlining, the six kernels; `body_T(CC)` is instantiated for
  * 16, 32, 64 and 128 channels and once for any other C <= MAX_C. */
 #define KERNELS(T, CT)                                                                                              \
+/* r = (mean_HW(x^2) + eps)^(-1/2) per channel of one sample's slab xn, into rr and r_out. */                      \
+static inline __attribute__((always_inline)) void                                                                  \
+inv_rms_##T(const CT* restrict xn, int64_t HW, const int CC, float eps, float* restrict rr, float* restrict r_out) {\
+    float acc[MAX_C] __attribute__((aligned(64)));                                                                  \
+    for (int c = 0; c < CC; c++) acc[c] = 0.f;                                                                     \
+    for (int64_t p = 0; p < HW; p++) {                                                                              \
+        _Pragma("omp simd")                                                                                         \
+        for (int c = 0; c < CC; c++) { float v = LD_##T(xn, p * CC + c); acc[c] += v * v; }                        \
+    }                                                                                                               \
+    for (int c = 0; c < CC; c++) { rr[c] = 1.0f / sqrtf(acc[c] / (float)HW + eps); r_out[c] = rr[c]; }            \
+}                                                                                                                   \
 static inline __attribute__((always_inline)) void                                                                  \
 norm_fwd_##T##_c(const CT* restrict x, const float* restrict bias, float eps, int relu, int64_t N, int64_t HW,     \
                  const int CC, CT* restrict out, float* restrict r, int threads) {                                \
@@ -53,13 +77,8 @@ norm_fwd_##T##_c(const CT* restrict x, const float* restrict bias, float eps, in
     for (int64_t n = 0; n < N; n++) {                                                                               \
         const CT* restrict xn = x + n * HW * CC;                                                                   \
         CT* restrict on = out + n * HW * CC;                                                                       \
-        float acc[MAX_C] __attribute__((aligned(64))), rr[MAX_C] __attribute__((aligned(64)));                    \
-        for (int c = 0; c < CC; c++) acc[c] = 0.f;                                                                 \
-        for (int64_t p = 0; p < HW; p++) {                                                                          \
-            _Pragma("omp simd")                                                                                     \
-            for (int c = 0; c < CC; c++) { float v = LD_##T(xn, p * CC + c); acc[c] += v * v; }                    \
-        }                                                                                                           \
-        for (int c = 0; c < CC; c++) { rr[c] = 1.0f / sqrtf(acc[c] / (float)HW + eps); r[n * CC + c] = rr[c]; }   \
+        float rr[MAX_C] __attribute__((aligned(64)));                                                              \
+        inv_rms_##T(xn, HW, CC, eps, rr, r + n * CC);                                                              \
         for (int64_t p = 0; p < HW; p++) {                                                                          \
             _Pragma("omp simd")                                                                                     \
             for (int c = 0; c < CC; c++) {                                                                          \
@@ -115,13 +134,8 @@ ada_fwd_##T##_c(const CT* restrict x, const float* restrict bias, const CT* rest
         const CT* restrict sn = s + n * HW * CC;                                                                   \
         CT* restrict on = out + n * HW * CC;                                                                       \
         CT* restrict zn = z + n * HW * CC;                                                                         \
-        float acc[MAX_C] __attribute__((aligned(64))), rr[MAX_C] __attribute__((aligned(64)));                    \
-        for (int c = 0; c < CC; c++) acc[c] = 0.f;                                                                 \
-        for (int64_t p = 0; p < HW; p++) {                                                                          \
-            _Pragma("omp simd")                                                                                     \
-            for (int c = 0; c < CC; c++) { float v = LD_##T(xn, p * CC + c); acc[c] += v * v; }                    \
-        }                                                                                                           \
-        for (int c = 0; c < CC; c++) { rr[c] = 1.0f / sqrtf(acc[c] / (float)HW + eps); r[n * CC + c] = rr[c]; }   \
+        float rr[MAX_C] __attribute__((aligned(64)));                                                              \
+        inv_rms_##T(xn, HW, CC, eps, rr, r + n * CC);                                                              \
         for (int64_t p = 0; p < HW; p++) {                                                                          \
             _Pragma("omp simd")                                                                                     \
             for (int c = 0; c < CC; c++) {                                                                          \
@@ -175,43 +189,19 @@ ada_bwd_##T##_c(const CT* restrict g, const CT* restrict z, const CT* restrict x
 }                                                                                                                   \
 int cnnf_norm_fwd_##T(const CT* x, const float* bias, float eps, int relu, int64_t N, int64_t HW, int64_t C,       \
                       CT* out, float* r, int threads) {                                                             \
-    switch (C) {                                                                                                    \
-    case 16: norm_fwd_##T##_c(x, bias, eps, relu, N, HW, 16, out, r, threads); return 0;                           \
-    case 32: norm_fwd_##T##_c(x, bias, eps, relu, N, HW, 32, out, r, threads); return 0;                           \
-    case 64: norm_fwd_##T##_c(x, bias, eps, relu, N, HW, 64, out, r, threads); return 0;                           \
-    case 128: norm_fwd_##T##_c(x, bias, eps, relu, N, HW, 128, out, r, threads); return 0;                         \
-    default: if (C < 1 || C > MAX_C) return 1; norm_fwd_##T##_c(x, bias, eps, relu, N, HW, (int)C, out, r, threads); return 0; \
-    }                                                                                                               \
+    SPECIALISE(norm_fwd_##T##_c(x, bias, eps, relu, N, HW, CC_, out, r, threads));                                  \
 }                                                                                                                   \
 int cnnf_norm_bwd_##T(const CT* g, const CT* x, const float* r, const float* bias, int relu, int64_t N,           \
                       int64_t HW, int64_t C, CT* gx, float* gbias_rows, int threads) {                              \
-    switch (C) {                                                                                                    \
-    case 16: norm_bwd_##T##_c(g, x, r, bias, relu, N, HW, 16, gx, gbias_rows, threads); return 0;                  \
-    case 32: norm_bwd_##T##_c(g, x, r, bias, relu, N, HW, 32, gx, gbias_rows, threads); return 0;                  \
-    case 64: norm_bwd_##T##_c(g, x, r, bias, relu, N, HW, 64, gx, gbias_rows, threads); return 0;                  \
-    case 128: norm_bwd_##T##_c(g, x, r, bias, relu, N, HW, 128, gx, gbias_rows, threads); return 0;                \
-    default: if (C < 1 || C > MAX_C) return 1; norm_bwd_##T##_c(g, x, r, bias, relu, N, HW, (int)C, gx, gbias_rows, threads); return 0; \
-    }                                                                                                               \
+    SPECIALISE(norm_bwd_##T##_c(g, x, r, bias, relu, N, HW, CC_, gx, gbias_rows, threads));                         \
 }                                                                                                                   \
 int cnnf_ada_fwd_##T(const CT* x, const float* bias, const CT* s, float eta, float eps, int64_t N, int64_t HW,     \
                      int64_t C, CT* out, CT* z, float* r, int threads) {                                            \
-    switch (C) {                                                                                                    \
-    case 16: ada_fwd_##T##_c(x, bias, s, eta, eps, N, HW, 16, out, z, r, threads); return 0;                       \
-    case 32: ada_fwd_##T##_c(x, bias, s, eta, eps, N, HW, 32, out, z, r, threads); return 0;                       \
-    case 64: ada_fwd_##T##_c(x, bias, s, eta, eps, N, HW, 64, out, z, r, threads); return 0;                       \
-    case 128: ada_fwd_##T##_c(x, bias, s, eta, eps, N, HW, 128, out, z, r, threads); return 0;                     \
-    default: if (C < 1 || C > MAX_C) return 1; ada_fwd_##T##_c(x, bias, s, eta, eps, N, HW, (int)C, out, z, r, threads); return 0; \
-    }                                                                                                               \
+    SPECIALISE(ada_fwd_##T##_c(x, bias, s, eta, eps, N, HW, CC_, out, z, r, threads));                              \
 }                                                                                                                   \
 int cnnf_ada_bwd_##T(const CT* g, const CT* z, const CT* x, const float* r, float eta, int64_t N, int64_t HW,      \
                      int64_t C, CT* gx, float* gbias_rows, CT* gs, int threads) {                                   \
-    switch (C) {                                                                                                    \
-    case 16: ada_bwd_##T##_c(g, z, x, r, eta, N, HW, 16, gx, gbias_rows, gs, threads); return 0;                   \
-    case 32: ada_bwd_##T##_c(g, z, x, r, eta, N, HW, 32, gx, gbias_rows, gs, threads); return 0;                   \
-    case 64: ada_bwd_##T##_c(g, z, x, r, eta, N, HW, 64, gx, gbias_rows, gs, threads); return 0;                   \
-    case 128: ada_bwd_##T##_c(g, z, x, r, eta, N, HW, 128, gx, gbias_rows, gs, threads); return 0;                 \
-    default: if (C < 1 || C > MAX_C) return 1; ada_bwd_##T##_c(g, z, x, r, eta, N, HW, (int)C, gx, gbias_rows, gs, threads); return 0; \
-    }                                                                                                               \
+    SPECIALISE(ada_bwd_##T##_c(g, z, x, r, eta, N, HW, CC_, gx, gbias_rows, gs, threads));                          \
 }
 
 KERNELS(f32, float)

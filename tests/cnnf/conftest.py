@@ -12,7 +12,7 @@ from torch import Tensor
 
 from cnnf.config import DataConfig
 from cnnf.data import DataSplits, load_splits
-from cnnf.models import FeedbackNet, create_model, model_entry
+from cnnf.models import FeedbackNet, adversarial_cnnf_loss, create_model, model_entry
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,3 +71,24 @@ def trained_net(sample_splits: DataSplits) -> FeedbackNet:
         train=TrainConfig(epochs=1, batch_size=50, n_iterations=1, device="cpu", seed=0),
     )
     return fit(cfg, load_splits(cfg.data)).model.eval()
+
+
+def b2_step_matches_eager(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
+    """The B.2 CNN-F, one feedback iteration, clean + adversarial loss, run with
+    the environment switch `env` (CNNF_FUSED_KERNELS) off and on: the loss and
+    every parameter gradient must agree."""
+    torch.manual_seed(0)
+    net = create_model("cnnf_fmnist_adv", ind=2)
+    x = torch.rand(8, 1, 28, 28) * 2 - 1
+    y = torch.randint(0, 10, (4,))
+    results = []
+    for on in (False, True):
+        monkeypatch.setenv(env, "1" if on else "0")
+        net.zero_grad(set_to_none=True)
+        loss, _, _ = adversarial_cnnf_loss(net.iterate(x, 1), y, 0.1, 1.0)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}))
+    (l0, g0), (l1, g1) = results
+    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-5)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")

@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from cnnf import functional as CF
 from cnnf import fused, native
-from cnnf.models import adversarial_cnnf_loss, create_model
+from tests.cnnf.conftest import b2_step_matches_eager
 
 FP32 = {"rtol": 1e-5, "atol": 1e-5}
 
@@ -173,21 +173,7 @@ def test_many_input_variants_do_not_switch_the_kernels_off() -> None:
 def test_training_step_gradients_match_eager(monkeypatch: pytest.MonkeyPatch) -> None:
     """The B.2 CNN-F, one feedback iteration, clean + adversarial loss: loss and
     every parameter gradient agree with the eager path."""
-    torch.manual_seed(0)
-    net = create_model("cnnf_fmnist_adv", ind=2)
-    x = torch.rand(8, 1, 28, 28) * 2 - 1
-    y = torch.randint(0, 10, (4,))
-    results = []
-    for on in (False, True):
-        monkeypatch.setenv(fused.ENV, "1" if on else "0")
-        net.zero_grad(set_to_none=True)
-        loss, _, _ = adversarial_cnnf_loss(net.iterate(x, 1), y, 0.1, 1.0)
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}))
-    (l0, g0), (l1, g1) = results
-    torch.testing.assert_close(l1, l0, **FP32)
-    for name in g0:
-        torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    b2_step_matches_eager(monkeypatch, fused.ENV)
 
 
 # ---------------------------------------------------------------- where they are used

@@ -17,11 +17,14 @@ from torch import Tensor
 
 from cnnf import functional as CF
 from cnnf import fused, native
-from cnnf.models import adversarial_cnnf_loss, create_model
+from tests.cnnf.conftest import b2_step_matches_eager
 
 CL = torch.channels_last
 TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.bfloat16: {"rtol": 1.6e-2, "atol": 1e-2}}
 EPS = 1e-8
+
+
+KERNELS = ("norm_fwd", "norm_bwd", "ada_fwd", "ada_bwd", "maxpool2", "unpool2", "gather2")
 
 
 @pytest.fixture(autouse=True)
@@ -29,6 +32,21 @@ def _native_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(native.ENV, raising=False)
     if native.library() is None:
         pytest.fail("the native kernels did not build on this machine (a C compiler is needed for the fused path)")
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The names of the C functions called from here on (the library wrapped in a spy)."""
+    names: set[str] = set()
+    real = native.library()
+
+    class Spy:
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            names.add(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(native, "library", lambda: Spy())
+    return names
 
 
 def maps(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -165,45 +183,12 @@ def test_build_is_cached_and_a_failed_build_leaves_the_compiled_kernels(monkeypa
         native.library.cache_clear()
 
 
-def test_training_step_gradients_match_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_training_step_gradients_match_eager(monkeypatch: pytest.MonkeyPatch, served: set[str]) -> None:
     """The B.2 CNN-F (16, 32 and 64 channels), one feedback iteration, clean +
     adversarial loss: with the C kernels serving every instance norm and
     pooling, the loss and every parameter gradient agree with the eager path."""
-    torch.manual_seed(0)
-    net = create_model("cnnf_fmnist_adv", ind=2)
-    x = torch.rand(8, 1, 28, 28) * 2 - 1
-    y = torch.randint(0, 10, (4,))
-    served: list[str] = []
-    real = native.library()
-
-    class Spy:
-        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
-            served.append(name)
-            return getattr(real, name)
-
-    monkeypatch.setattr(native, "library", lambda: Spy())
-    results = []
-    for on in (False, True):
-        monkeypatch.setenv(fused.ENV, "1" if on else "0")
-        net.zero_grad(set_to_none=True)
-        loss, _, _ = adversarial_cnnf_loss(net.iterate(x, 1), y, 0.1, 1.0)
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}))
-    assert {"cnnf_norm_fwd_f32", "cnnf_norm_bwd_f32", "cnnf_ada_fwd_f32", "cnnf_ada_bwd_f32", "cnnf_maxpool2_f32",
-            "cnnf_unpool2_f32", "cnnf_gather2_f32"} <= set(served)
-    (l0, g0), (l1, g1) = results
-    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-5)
-    for name in g0:
-        torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
-
-
-def test_bfloat16_maps_of_16_channels_take_the_fused_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The compiled kernels serve bf16 only for multiples of 32 channels; the C ones serve any count."""
-    monkeypatch.setenv(fused.ENV, "1")
-    x = maps((4, 16, 6, 6), 13, torch.bfloat16)
-    assert fused.enabled_for(x)
-    monkeypatch.setenv(native.ENV, "0")
-    assert not fused.enabled_for(x)
+    b2_step_matches_eager(monkeypatch, fused.ENV)
+    assert {f"cnnf_{k}_f32" for k in KERNELS} <= served
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -248,7 +233,7 @@ def test_ada_pool_and_its_feedback_match_eager(monkeypatch: pytest.MonkeyPatch, 
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_fit_with_fused_kernels_runs_on_the_c_kernels(monkeypatch: pytest.MonkeyPatch, precision: str) -> None:
+def test_fit_with_fused_kernels_runs_on_the_c_kernels(monkeypatch: pytest.MonkeyPatch, served: set[str], precision: str) -> None:
     """B.2 adversarial training through fit (autocast for bf16): the C kernels
     serve the norms and pooling of every dtype the step produces, and the run's
     losses stay finite."""
@@ -257,20 +242,11 @@ def test_fit_with_fused_kernels_runs_on_the_c_kernels(monkeypatch: pytest.Monkey
     from cnnf.train import fit
 
     monkeypatch.delenv(fused.ENV, raising=False)
-    served: set[str] = set()
-    real = native.library()
-
-    class Spy:
-        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
-            served.add(name)
-            return getattr(real, name)
-
-    monkeypatch.setattr(native, "library", lambda: Spy())
     data = DataConfig(n_train=32, val_fraction=0.25)
     train = TrainConfig(epochs=1, batch_size=8, device="cpu", kernels="fused", precision=precision,  # type: ignore[arg-type]
                         adv_eps_linf=0.1, adv_steps=1, n_iterations=1)
     cfg = ExperimentConfig(data=data, model=ModelConfig(arch="cnnf_fmnist_adv", ind=2), train=train)
     (epoch,) = fit(cfg, load_splits(data)).history
     suffix = "f32" if precision == "fp32" else "bf16"
-    assert {f"cnnf_{k}_{suffix}" for k in ("norm_fwd", "norm_bwd", "ada_fwd", "ada_bwd", "maxpool2", "unpool2", "gather2")} <= served
+    assert {f"cnnf_{k}_{suffix}" for k in KERNELS} <= served
     assert all(torch.isfinite(torch.tensor(v)) for v in (epoch.train_loss, epoch.train_ce, epoch.train_recon))
