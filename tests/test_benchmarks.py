@@ -51,6 +51,15 @@ def test_cnnf_step_breakdown_script_runs(tmp_path: Path) -> None:
     assert ms["GEMM"] > 0 and ms["rest"] > 0 and ms["fused kernels"] == 0  # eager: nothing compiled ran
     assert sum(ms.values()) == pytest.approx(row["profiled_step_ms"])
     assert row["ceiling_images_per_s"] == pytest.approx(64 / (ms["GEMM"] / 1e3))
+    # The fused path: the C kernels run inside cnnf's autograd functions, whose time the group takes.
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "cnnf_step_breakdown.py"), "--precision", "fp32", "--kernels", "fused",
+         "--steps", "1", "--peak-seconds", "0.2", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["kernels"] == "fused" and row["ms_per_step"]["fused kernels"] > 0
 
 
 @pytest.mark.slow
