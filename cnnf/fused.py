@@ -88,16 +88,20 @@ def _requested() -> bool:
 
 def enabled_for(x: Tensor) -> bool:
     """Whether the fused kernels serve this tensor: CPU, 4-D, float32 or
-    bfloat16, and no dispatch mode active (a FLOP counter or similar must
-    see the individual ops) and not inside an outer torch.compile."""
+    bfloat16 (bfloat16 with a multiple of 32 channels, or any count the C
+    kernels take), and no dispatch mode active (a FLOP counter or similar
+    must see the individual ops) and not inside an outer torch.compile.
+    The C kernels are asked last, so a process outside the fused scope never
+    builds them."""
     return (
         _disabled_reason is None
         and x.device.type == "cpu"
         and x.dim() == 4
-        and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and (x.shape[1] % 32 == 0 or native.serves(x))))
+        and x.dtype in (torch.float32, torch.bfloat16)
         and _requested()
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch.compiler.is_compiling()
+        and (x.dtype == torch.float32 or x.shape[1] % 32 == 0 or native.serves(x))
     )
 
 

@@ -250,3 +250,26 @@ def test_fit_with_fused_kernels_runs_on_the_c_kernels(monkeypatch: pytest.Monkey
     suffix = "f32" if precision == "fp32" else "bf16"
     assert {f"cnnf_{k}_{suffix}" for k in KERNELS} <= served
     assert all(torch.isfinite(torch.tensor(v)) for v in (epoch.train_loss, epoch.train_ce, epoch.train_recon))
+
+
+def test_bfloat16_maps_of_16_channels_take_the_fused_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled kernels serve bf16 only for multiples of 32 channels; the C ones serve any count."""
+    monkeypatch.setenv(fused.ENV, "1")
+    x = maps((4, 16, 6, 6), 13, torch.bfloat16)
+    assert fused.enabled_for(x)
+    monkeypatch.setenv(native.ENV, "0")
+    assert not fused.enabled_for(x)
+
+
+def test_the_eager_path_never_builds_the_c_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside the fused scope, asking whether a bf16 map of 16 channels takes
+    the fused path must not build (or even look up) the C library."""
+    monkeypatch.delenv(fused.ENV, raising=False)
+
+    def no_build() -> None:
+        raise AssertionError("the C library was asked for outside the fused scope")
+
+    monkeypatch.setattr(native, "library", no_build)
+    assert not fused.enabled_for(maps((4, 16, 6, 6), 21, torch.bfloat16))
+    out, _ = CF.norm_ada_relu(maps((2, 16, 4, 4), 22, torch.bfloat16), torch.zeros(16), None, 0.1)
+    assert out.dtype == torch.bfloat16
