@@ -165,8 +165,9 @@ def _bias_grad(rows: Optional[Tensor]) -> Optional[Tensor]:
 
 def norm_forward(x: Tensor, bias: Optional[Tensor], eps: float, relu: bool) -> Optional[tuple[Tensor, Tensor]]:
     """(x r + bias [relu], r (N, C, 1, 1) float32), or None where the native kernel does not apply."""
-    lib, b = _lib_for(x), _bias(bias, x)
-    if lib is None or b is None:
+    lib = _lib_for(x)
+    b = None if lib is None else _bias(bias, x)  # nothing allocated when falling back
+    if b is None:
         return None
     n, c, h, w = x.shape
     out = torch.empty_like(x, memory_format=_CL)
@@ -180,8 +181,9 @@ def norm_forward(x: Tensor, bias: Optional[Tensor], eps: float, relu: bool) -> O
 def norm_backward(g: Tensor, x: Tensor, r: Tensor, bias: Optional[Tensor], relu: bool,
                   want_bias: bool) -> Optional[tuple[Tensor, Optional[Tensor]]]:
     """Gradients (map, float32 bias or None) of norm_forward, or None where the native kernel does not apply."""
-    lib, b, rr = _lib_for(x, g), _bias(bias, x), _r_ok(r, x)
-    if lib is None or b is None or rr is None:
+    lib = _lib_for(x, g)
+    b, rr = (None, None) if lib is None else (_bias(bias, x), _r_ok(r, x))
+    if b is None or rr is None:
         return None
     n, c, h, w = x.shape
     grad = torch.empty_like(x, memory_format=_CL)
@@ -195,8 +197,9 @@ def norm_backward(g: Tensor, x: Tensor, r: Tensor, bias: Optional[Tensor], relu:
 def norm_ada_relu_forward(x: Tensor, bias: Optional[Tensor], s: Tensor, eta: float,
                           eps: float) -> Optional[tuple[Tensor, Tensor, Tensor]]:
     """(out, gate z, r) of fused.norm_ada_relu_forward, or None where the native kernel does not apply."""
-    lib, b = _lib_for(x, s), _bias(bias, x)
-    if lib is None or b is None:
+    lib = _lib_for(x, s)
+    b = None if lib is None else _bias(bias, x)
+    if b is None:
         return None
     n, c, h, w = x.shape
     out, z = torch.empty_like(x, memory_format=_CL), torch.empty_like(x, memory_format=_CL)
@@ -210,8 +213,9 @@ def norm_ada_relu_forward(x: Tensor, bias: Optional[Tensor], s: Tensor, eta: flo
 def norm_ada_relu_backward(g: Tensor, z: Tensor, x: Tensor, r: Tensor, eta: float, want_bias: bool,
                            want_s: bool) -> Optional[tuple[Tensor, Optional[Tensor], Optional[Tensor]]]:
     """Gradients (map, float32 bias or None, signal or None) of norm_ada_relu_forward, or None where it does not apply."""
-    lib, rr = _lib_for(x, g, z), _r_ok(r, x)
-    if lib is None or rr is None:
+    lib = _lib_for(x, g, z)
+    rr = None if lib is None else _r_ok(r, x)
+    if rr is None:
         return None
     n, c, h, w = x.shape
     grad = torch.empty_like(x, memory_format=_CL)
