@@ -55,10 +55,27 @@ def explain_ray_error(exc: BaseException, address: str) -> Optional[str]:
     if isinstance(exc, AuthenticationError):
         first = str(exc.message if hasattr(exc, "message") else exc).strip().splitlines()[0]
         return f"the Ray cluster at {address} refused us ({first}; RAY_AUTH_MODE={mode}): {TOKEN_HELP}"
+    if client_server_failed(exc):
+        # Ray Client: the head's proxy answered but its per-client server did not start (or not in time).
+        return (f"the Ray cluster at {address} accepted the Ray Client connection but could not start a client "
+                f"server for us ({_last_line(exc)}); see ray_client_server*.err in the head node's Ray logs "
+                f"(/tmp/ray/session_latest/logs), or join through the GCS address (HOST:6379) instead")
     if isinstance(exc, ConnectionError):
-        return (f"cannot connect to the Ray cluster at {address}: it is not running there, or its token "
-                f"authentication refused us (RAY_AUTH_MODE={mode}; {TOKEN_HELP})")
+        return (f"cannot connect to the Ray cluster at {address} ({_last_line(exc)}): it is not running there, or "
+                f"its token authentication refused us (RAY_AUTH_MODE={mode}; {TOKEN_HELP})")
     return None
+
+
+def client_server_failed(exc: BaseException) -> bool:
+    """Ray Client's error for a head that answered but could not start (in time) a server for this client."""
+    return isinstance(exc, ConnectionAbortedError) and str(exc).startswith("Initialization failure from server")
+
+
+def _last_line(exc: BaseException, limit: int = 200) -> str:
+    """The most specific line of an exception's text (a server traceback ends with the error), shortened."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --- nodes and GPU packing -----------------------------------------------------------

@@ -223,7 +223,7 @@ def _init_ray(address: Optional[str]) -> bool:
     'ray://HOST:10001'); returns True if this call started or joined it."""
     import ray
 
-    from tuning.cluster import explain_ray_error, is_dashboard, use_token_auth
+    from tuning.cluster import client_server_failed, explain_ray_error, is_dashboard, use_token_auth
 
     if ray.is_initialized():
         return False
@@ -235,14 +235,28 @@ def _init_ray(address: Optional[str]) -> bool:
     if not address or address == "local":
         ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=True)
         return True
-    try:
-        ray.init(address=address, logging_level="WARNING", log_to_driver=True)
-    except Exception as exc:  # noqa: BLE001 - unreachable or refused: one line saying which and what to do
-        message = explain_ray_error(exc, address)
-        if message is None:
-            raise
-        raise LaunchError(message) from None
-    return True
+    attempts = CLIENT_START_ATTEMPTS if address.startswith("ray://") else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+            return True
+        except Exception as exc:  # noqa: BLE001 - unreachable or refused: one line saying which and what to do
+            message = explain_ray_error(exc, address)
+            if message is None:
+                raise
+            if attempt < attempts and client_server_failed(exc):
+                print(f"note: attempt {attempt} of {attempts}: {message}; trying again", file=sys.stderr, flush=True)
+                time.sleep(CLIENT_RETRY_PAUSE_S)
+                continue
+            raise LaunchError(message) from None
+    raise AssertionError("unreachable")
+
+
+# A Ray Client (ray://) connection makes the head start a server process for this
+# client; on a loaded head that start can fail or outlast the head's 30 s wait
+# once and succeed the next time. Nothing has been written yet, so try again.
+CLIENT_START_ATTEMPTS = 3
+CLIENT_RETRY_PAUSE_S = 5.0
 
 
 def _check_cluster(cfg: SweepConfig, root: Path, tracking_uri: str, default_tracking: bool) -> None:

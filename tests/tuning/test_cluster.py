@@ -23,7 +23,7 @@ import pytest
 
 from sweeps.spec import parse_sweep
 from tests.conftest import REPO, TINY_SWEEP
-from tuning import cluster, jobs
+from tuning import cluster, jobs, runner
 from tuning.cluster import (
     AUTH_MODE_ENV,
     ClusterError,
@@ -115,6 +115,74 @@ def test_explain_connection_error_names_the_address(auth_env, exc: Exception) ->
     assert line is not None and "\n" not in line
     assert line.startswith("cannot connect to the Ray cluster at 10.0.0.9:6390")
     assert "RAY_AUTH_MODE=unset" in line
+    assert f"({exc})" in line  # the cause is kept: "GCS unreachable", "[Errno 111] refused"
+
+
+def test_explain_client_server_startup_failure_names_the_logs(auth_env) -> None:
+    # What Ray's client raises when the head's proxy cannot start a client server in time: the
+    # server-side traceback, whose last line says what failed.
+    exc = ConnectionAbortedError("Initialization failure from server:\nTraceback (most recent call last):\n"
+                                 "  File \"proxier.py\", line 780, in Datapath\n"
+                                 "RuntimeError: Proxy failed to Connect to backend! Check `ray_client_server.err`")
+    line = explain_ray_error(exc, "ray://10.0.0.9:10001")
+    assert line is not None and "\n" not in line
+    assert line.startswith("the Ray cluster at ray://10.0.0.9:10001 accepted the Ray Client connection")
+    assert "RuntimeError: Proxy failed to Connect to backend!" in line and "Traceback" not in line
+    assert "ray_client_server" in line and "HOST:6379" in line
+
+
+def _client_init_failure() -> ConnectionAbortedError:
+    """What Ray's client raises when the head's proxy could not start this client's server."""
+    return ConnectionAbortedError("Initialization failure from server:\nTraceback (most recent call last):\n"
+                                  "RuntimeError: Starting Ray client server failed. See ray_client_server_23000.err")
+
+
+def _failing_init(monkeypatch, exc: Exception, failures: int) -> list[str]:
+    """Make ray.init raise `exc` on its first `failures` calls; returns the addresses it was called with."""
+    import ray
+
+    calls: list[str] = []
+
+    def init(**kwargs: Any) -> None:
+        calls.append(kwargs["address"])
+        if len(calls) <= failures:
+            raise exc
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(runner, "CLIENT_RETRY_PAUSE_S", 0.0)
+    return calls
+
+
+@pytest.mark.parametrize("failures, joined", [(1, True), (2, True), (3, False)])
+def test_ray_client_start_failures_are_tried_again(auth_env, monkeypatch, capsys, failures: int, joined: bool) -> None:
+    # Ray's real client error, injected into ray.init: a real head that fails to start client servers
+    # costs 30 s per attempt (checked by hand with RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S=0 on the head).
+    calls = _failing_init(monkeypatch, _client_init_failure(), failures)
+    if joined:
+        assert runner._init_ray("ray://head:10001") is True
+    else:
+        with pytest.raises(LaunchError) as info:
+            runner._init_ray("ray://head:10001")
+        assert str(info.value).startswith("the Ray cluster at ray://head:10001 accepted the Ray Client connection")
+        assert "Starting Ray client server failed" in str(info.value)
+    assert calls == ["ray://head:10001"] * min(failures + 1, runner.CLIENT_START_ATTEMPTS)
+    notes = capsys.readouterr().err.splitlines()
+    assert [n.split(":", 1)[0] for n in notes] == ["note"] * min(failures, runner.CLIENT_START_ATTEMPTS - 1)
+    assert all(f"attempt {i + 1} of 3" in n and n.endswith("trying again") for i, n in enumerate(notes))
+
+
+@pytest.mark.parametrize("exc, address", [
+    (ConnectionError("ray client connection timeout"), "ray://head:10001"),  # Ray's client retried the channel itself
+    (ConnectionRefusedError(111, "refused"), "head:6379"),
+    (_client_init_failure(), "head:6379"),  # only a Ray Client join starts a server per client
+])
+def test_other_connection_failures_are_not_tried_again(auth_env, monkeypatch, exc: Exception, address: str) -> None:
+    calls = _failing_init(monkeypatch, exc, failures=10)
+    with pytest.raises(LaunchError) as info:
+        runner._init_ray(address)
+    assert calls == [address]
+    assert f"at {address}" in str(info.value) and f"{str(exc).splitlines()[-1]})" in str(info.value)
 
 
 @pytest.mark.parametrize("exc", [ValueError("bad"), RuntimeError("boom"), TimeoutError("slow"), KeyError("k")])

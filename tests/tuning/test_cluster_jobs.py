@@ -126,7 +126,11 @@ class Cluster:
         head = _run(BIN / "ray", "start", "--head", "--node-ip-address", HEAD_IP, "--port", self.gcs, "--num-cpus", 1,
                     "--num-gpus", 0, "--object-store-memory", 100_000_000, "--dashboard-host", "127.0.0.1",
                     "--dashboard-port", self.dashboard, "--ray-client-server-port", self.client, "--temp-dir", self.head_tmp,
-                    "--disable-usage-stats")
+                    "--disable-usage-stats",
+                    # The head's Ray Client proxy starts one server process per client and gives it
+                    # 30 s to answer; on a loaded 2-core CI host that start (importing Ray, joining the
+                    # GCS) once took longer, and the launch failed. A deployment setting, not ours.
+                    RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S="120")
         assert head.returncode == 0, head.stdout + head.stderr
         worker = _run(BIN / "ray", "start", "--address", f"{HEAD_IP}:{self.gcs}", "--node-ip-address", WORKER_IP,
                       "--num-cpus", 1, "--num-gpus", 0, "--object-store-memory", 100_000_000, "--temp-dir", self.worker_tmp,
@@ -166,6 +170,14 @@ class Cluster:
         for d in (self.head_tmp, self.worker_tmp):
             shutil.rmtree(d, ignore_errors=True)
         return left
+
+    def client_server_logs(self, chars: int = 1500) -> str:
+        """The tails of the head's Ray Client server logs, to say why a ray:// connection failed."""
+        out = []
+        for log in sorted(self.head_tmp.glob("session_*/logs/ray_client_server*.err")):
+            if not log.parent.parent.is_symlink():
+                out.append(f"\n--- {log.name}:\n{log.read_text(errors='replace')[-chars:]}")
+        return "".join(out)
 
     def sweep(self, *args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
         return _run(BIN / "sweep", *args, cwd=self.base / "project", timeout=timeout, **env)
@@ -347,7 +359,7 @@ def test_launch_joins_an_existing_cluster(cluster, how):
     # connection attempts (5, 10 and 15 s) once in CI. Real users get Ray's defaults.
     slow_start = {"RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S": "20"} if how == "client" else {}
     r = c.sweep("launch", spec, "--address", address, timeout=300, **slow_start)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + c.client_server_logs()
     assert "cluster: 2 node(s) hold 2 trial(s)" in r.stdout
     _, parents, children = _runs(c, name)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
