@@ -15,8 +15,13 @@ reference implementation's throughput is quoted for a quiet 2-core machine
 (issue #3: ~100 clean images/s training, ~1,200 images/s inference, at a
 fp32 matmul peak of ~180 GFLOP/s); scaled by the peak measured here it gives
 the reference-equivalent figure, and `x ref` is our throughput over it
-(`x quoted`: over the quoted figures, unscaled). Run it alone: the machine is shared and
-any other load lowers every figure.
+(`x quoted`: over the quoted figures, unscaled). Scaling by the peak assumes
+the reference's time grows with the matmul peak, which holds only for its
+GEMMs: on a host with a much higher peak than the quoted one it overstates
+the reference. `x eager` (printed when the fp32 eager variant runs) is the
+ratio to this run's fp32 eager CNN-F, the same math in plain PyTorch ops,
+the one comparison measured entirely on this machine. Run it alone: the
+machine is shared and any other load lowers every figure.
 
 With `--device cuda` the same rows run on the GPU (timings synchronised,
 matmul peaks measured on the GPU); the quoted reference is a CPU figure, so
@@ -235,14 +240,20 @@ def main() -> None:
         print(f"reference scaled to this run's fp32 peak ({peak['fp32']:.0f}): train {ref['train']:.0f} img/s, infer {ref['infer']:.0f} img/s; "
               f"as quoted (at {REFERENCE['peak']:.0f}): train {REFERENCE['train']:.0f}, infer {REFERENCE['infer']:.0f}")
 
-    print(f"\n{'':12} {'prec':10} {'img/s':>8} {'GFLOP/img':>10} {'GFLOP/s':>8} {'% fp32 peak':>11} {'x ref':>6} {'x quoted':>8}")
+    # `x eager`: against this run's fp32 eager CNN-F, the same math in plain
+    # PyTorch ops (the way the reference computes it), measured on this
+    # machine; the one ratio here that needs no figure from another machine.
+    eager = {r.what: r.images_per_s for r in rows if r.precision == "fp32"}
+    print(f"\n{'':12} {'prec':10} {'img/s':>8} {'GFLOP/img':>10} {'GFLOP/s':>8} {'% fp32 peak':>11} {'x ref':>6} {'x quoted':>8} "
+          f"{'x eager':>7}")
     for r in rows:
         kind = "train" if "train" in r.what else "infer"
         cnnf = r.what.startswith("CNN-F") and on_cpu  # the quoted reference is a CPU figure
         x_ref = f"{r.images_per_s / ref[kind]:.2f}" if cnnf else ""
         x_quoted = f"{r.images_per_s / REFERENCE[kind]:.2f}" if cnnf else ""
+        x_eager = f"{r.images_per_s / eager[r.what]:.2f}" if r.what.startswith("CNN-F") and r.what in eager else ""
         print(f"{r.what:12} {r.precision:10} {r.images_per_s:8.0f} {r.gflop_per_image:10.3f} {r.gflop_per_s:8.0f} "
-              f"{100 * r.gflop_per_s / peak['fp32']:10.0f}% {x_ref:>6} {x_quoted:>8}")
+              f"{100 * r.gflop_per_s / peak['fp32']:10.0f}% {x_ref:>6} {x_quoted:>8} {x_eager:>7}")
     print()
     for precision in dict.fromkeys(r.precision for r in rows):
         by = {r.what: r for r in rows if r.precision == precision}
@@ -254,7 +265,9 @@ def main() -> None:
         with open(args.json, "w") as fh:
             json.dump({"device": str(device), "train_batch": train_batch, "infer_batch": infer_batch,
                        "peak_gflops": peak, "peak_gflops_before": before, "peak_gflops_after": after,
-                       "reference_scaled": ref if on_cpu else None, "rows": [r.__dict__ for r in rows]}, fh, indent=2)
+                       "reference_scaled": ref if on_cpu else None, "rows": [r.__dict__ for r in rows],
+                       "x_fp32_eager": {f"{r.what} {r.precision}": r.images_per_s / eager[r.what]
+                                        for r in rows if r.what.startswith("CNN-F") and r.what in eager}}, fh, indent=2)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,23 @@ def test_cnnf_throughput_script_runs(tmp_path: Path) -> None:
     out = tmp_path / "throughput.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "cnnf_throughput.py"), "--precision", "fp32", "--seconds", "0.1", "--peak-seconds", "0.2",
-         "--json", str(out)],
+         "--kernels", "fused", "eager", "--json", str(out)],
         capture_output=True, text=True, timeout=600, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "CNN-F/CNN time ratio" in proc.stdout
     figures = json.loads(out.read_text())
-    rows = {r["what"]: r for r in figures["rows"]}
-    assert set(rows) == {"CNN-F train", "CNN train", "CNN-F infer", "CNN infer"}
+    both = figures["rows"]
+    assert {(r["what"], r["precision"]) for r in both} == {
+        (what, prec) for what in ("CNN-F train", "CNN train", "CNN-F infer", "CNN infer") for prec in ("fp32", "fp32+fused")}
+    # x eager: each CNN-F row over this run's fp32 eager CNN-F row (1 for that row itself).
+    by = {(r["what"], r["precision"]): r["images_per_s"] for r in both}
+    assert figures["x_fp32_eager"] == pytest.approx({
+        f"CNN-F {kind} {prec}": by[(f"CNN-F {kind}", prec)] / by[(f"CNN-F {kind}", "fp32")]
+        for kind in ("train", "infer") for prec in ("fp32", "fp32+fused")})
+    assert figures["x_fp32_eager"]["CNN-F train fp32"] == 1.0
+    assert "x eager" in proc.stdout
+    rows = {r["what"]: r for r in both if r["precision"] == "fp32"}
     # FLOPs per image are counted, not timed: CNN-F train (PGD-7 + 2B batch with
     # one feedback iteration) ~1.05 GFLOP, the plain CNN ~0.71, inference 0.092 / 0.036.
     assert rows["CNN-F train"]["gflop_per_image"] == pytest.approx(1.05, rel=0.02)
