@@ -244,6 +244,7 @@ def main() -> None:
     # PyTorch ops (the way the reference computes it), measured on this
     # machine; the one ratio here that needs no figure from another machine.
     eager = {r.what: r.images_per_s for r in rows if r.precision == "fp32"}
+    x_eager = {(r.what, r.precision): r.images_per_s / eager[r.what] for r in rows if r.what.startswith("CNN-F") and r.what in eager}
     print(f"\n{'':12} {'prec':10} {'img/s':>8} {'GFLOP/img':>10} {'GFLOP/s':>8} {'% fp32 peak':>11} {'x ref':>6} {'x quoted':>8} "
           f"{'x eager':>7}")
     for r in rows:
@@ -251,9 +252,9 @@ def main() -> None:
         cnnf = r.what.startswith("CNN-F") and on_cpu  # the quoted reference is a CPU figure
         x_ref = f"{r.images_per_s / ref[kind]:.2f}" if cnnf else ""
         x_quoted = f"{r.images_per_s / REFERENCE[kind]:.2f}" if cnnf else ""
-        x_eager = f"{r.images_per_s / eager[r.what]:.2f}" if r.what.startswith("CNN-F") and r.what in eager else ""
+        x_eag = f"{x_eager[r.what, r.precision]:.2f}" if (r.what, r.precision) in x_eager else ""
         print(f"{r.what:12} {r.precision:10} {r.images_per_s:8.0f} {r.gflop_per_image:10.3f} {r.gflop_per_s:8.0f} "
-              f"{100 * r.gflop_per_s / peak['fp32']:10.0f}% {x_ref:>6} {x_quoted:>8} {x_eager:>7}")
+              f"{100 * r.gflop_per_s / peak['fp32']:10.0f}% {x_ref:>6} {x_quoted:>8} {x_eag:>7}")
     print()
     for precision in dict.fromkeys(r.precision for r in rows):
         by = {r.what: r for r in rows if r.precision == precision}
@@ -266,8 +267,7 @@ def main() -> None:
             json.dump({"device": str(device), "train_batch": train_batch, "infer_batch": infer_batch,
                        "peak_gflops": peak, "peak_gflops_before": before, "peak_gflops_after": after,
                        "reference_scaled": ref if on_cpu else None, "rows": [r.__dict__ for r in rows],
-                       "x_fp32_eager": {f"{r.what} {r.precision}": r.images_per_s / eager[r.what]
-                                        for r in rows if r.what.startswith("CNN-F") and r.what in eager}}, fh, indent=2)
+                       "x_fp32_eager": {f"{what} {precision}": x for (what, precision), x in x_eager.items()}}, fh, indent=2)
 
 
 if __name__ == "__main__":
