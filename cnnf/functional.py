@@ -8,26 +8,24 @@ to ../shared/docs/cnnf-spec.md.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import Iterator, NamedTuple, Optional
+from typing import ContextManager, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from cnnf import fused, native
+from cnnf.switches import Switch
 
 IN_EPS = 1e-8
 
 # Straight-through (BPDA) gradients of the feedback gates, for attacks only:
 # set through `straight_through_gates()`, a scope like torch.no_grad(), so the
 # model code passes no extra argument and training never sees it.
-_STRAIGHT_THROUGH: ContextVar[bool] = ContextVar("cnnf_straight_through_gates", default=False)
+_STRAIGHT_THROUGH = Switch("cnnf_straight_through_gates", default=False)
 
 
-@contextmanager
-def straight_through_gates(enabled: bool = True) -> Iterator[None]:
+def straight_through_gates(enabled: bool = True) -> ContextManager[None]:
     """Within this scope, the feedback-dependent gates keep their exact forward
     values but take the gradient of a smooth stand-in (BPDA, Athalye et al.
     2018): the later-pass AdaReLU and the AdaReLU masks of the feedback pass
@@ -38,15 +36,11 @@ def straight_through_gates(enabled: bool = True) -> Iterator[None]:
     almost everywhere through the selections, which can mask an end-to-end
     attack; comparing both exposes it.
     """
-    token = _STRAIGHT_THROUGH.set(enabled)
-    try:
-        yield
-    finally:
-        _STRAIGHT_THROUGH.reset(token)
+    return _STRAIGHT_THROUGH.scope(enabled)
 
 
 def straight_through_enabled() -> bool:
-    return _STRAIGHT_THROUGH.get()
+    return bool(_STRAIGHT_THROUGH.scoped())
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -178,7 +172,7 @@ def ada_relu(f: Tensor, g: Tensor | None, eta: float) -> tuple[Tensor, Tensor]:
     with torch.no_grad():
         z = torch.sign(g).to(f.dtype) * f  # sign(g) is +-1, or 0 where the feedback is exactly 0
     out = _where_active(f, z)
-    if _STRAIGHT_THROUGH.get() and f.requires_grad:
+    if straight_through_enabled() and f.requires_grad:
         out = _straight_through(out, f)
     return out, z
 
@@ -247,7 +241,7 @@ def norm_ada_relu(x: Tensor, bias: Optional[Tensor], g: Tensor | None, eta: floa
         out = _NormReLU.apply(x, bias, eps)
         return out, out.detach()
     out, z = _NormAdaReLU.apply(x, bias, g, eta, eps)
-    if _STRAIGHT_THROUGH.get() and torch.is_grad_enabled():
+    if straight_through_enabled() and torch.is_grad_enabled():
         # the same forward values as the exact gates, the gradient of f' (see ada_relu)
         f = l2_instance_norm(x, eps, bias)
         out = _straight_through(out, torch.lerp(f, g.to(f.dtype), eta))
@@ -268,7 +262,7 @@ def gate_mask(gate: Tensor) -> Tensor:
 def ada_relu_feedback(s: Tensor, gate: Tensor) -> Tensor:
     """AdaReLU feedback: the top-down signal where the latest forward was active, else 0."""
     out = _where_active(s, gate.detach())
-    if _STRAIGHT_THROUGH.get() and s.requires_grad:
+    if straight_through_enabled() and s.requires_grad:
         out = _straight_through(out, s)
     return out
 
@@ -394,7 +388,7 @@ def ada_pool(x: Tensor, g: Tensor | None, kernel: int = 2) -> tuple[Tensor, Pool
             top, top_index = F.max_pool2d(x, kernel, return_indices=True)
         return top, PoolSelection(top_index, None)
     out, index, active = _AdaPool.apply(x, g.detach(), kernel)
-    if _STRAIGHT_THROUGH.get() and x.requires_grad:
+    if straight_through_enabled() and x.requires_grad:
         out = _straight_through(out, F.avg_pool2d(x, kernel) * active)
     return out, PoolSelection(index, active)
 
@@ -416,7 +410,7 @@ def ada_pool_feedback(
             out = _Unpool.apply(s, selection.index, output_size)
         else:
             out = F.max_unpool2d(channels_last_grad(s), selection.index, kernel, output_size=output_size)
-    if _STRAIGHT_THROUGH.get() and s.requires_grad:
+    if straight_through_enabled() and s.requires_grad:
         spread = F.interpolate(s, scale_factor=kernel, mode="nearest") / kernel**2  # adjoint of average pooling
         spread = F.pad(spread, (0, output_size[1] - spread.shape[-1], 0, output_size[0] - spread.shape[-2]))
         out = _straight_through(out, spread.to(out.dtype))

@@ -33,17 +33,15 @@ printed once and the eager path takes over for the rest of the process.
 from __future__ import annotations
 
 import functools
-import os
 import warnings
-from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import Callable, Iterator, Optional
+from typing import Callable, ContextManager, Optional
 
 import torch
 from torch import Tensor
 from torch._dynamo.exc import FailOnRecompileLimitHit
 
 from cnnf import native
+from cnnf.switches import Switch
 
 ENV = "CNNF_FUSED_KERNELS"
 MAX_VARIANTS = 64  # compiled versions per kernel before a new input variant runs eager
@@ -56,17 +54,12 @@ _disabled_reason: Optional[str] = None
 AUTO_MIN_STEPS = 1000
 AUTO_MIN_IMAGES = 1000
 
-_SCOPE: ContextVar[Optional[bool]] = ContextVar("cnnf_fused_kernels", default=None)
+_SWITCH = Switch("cnnf_fused_kernels", default=None, env=ENV)
 
 
-@contextmanager
-def use_kernels(enabled: bool) -> Iterator[None]:
+def use_kernels(enabled: bool) -> ContextManager[None]:
     """Within this scope the fused kernels are on (or off), unless CNNF_FUSED_KERNELS says otherwise."""
-    token = _SCOPE.set(enabled)
-    try:
-        yield
-    finally:
-        _SCOPE.reset(token)
+    return _SWITCH.scope(enabled)
 
 
 def choose(setting: str, device: torch.device, work: int, minimum: int) -> bool:
@@ -80,10 +73,8 @@ def choose(setting: str, device: torch.device, work: int, minimum: int) -> bool:
 
 
 def _requested() -> bool:
-    value = os.environ.get(ENV, "").strip().lower()
-    if value:
-        return value not in ("0", "false", "no", "off")
-    return bool(_SCOPE.get())
+    forced = _SWITCH.from_env()
+    return forced if forced is not None else bool(_SWITCH.scoped())
 
 
 def enabled_for(x: Tensor) -> bool:

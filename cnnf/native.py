@@ -28,13 +28,13 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from contextlib import contextmanager
-from contextvars import ContextVar
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import ContextManager, Optional
 
 import torch
 from torch import Tensor
+
+from cnnf.switches import Switch
 
 ENV = "CNNF_NATIVE_KERNELS"
 SOURCE = Path(__file__).with_name("native_kernels.c")
@@ -48,17 +48,12 @@ MAX_CHANNELS = 256
 _CL = torch.channels_last
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
-_SCOPE: ContextVar[bool] = ContextVar("cnnf_native_kernels", default=True)
+_SWITCH = Switch("cnnf_native_kernels", default=True, env=ENV)
 
 
-@contextmanager
-def use_native(enabled: bool) -> Iterator[None]:
+def use_native(enabled: bool) -> ContextManager[None]:
     """Within this scope the native kernels are on (default) or off; CNNF_NATIVE_KERNELS=0 turns them off everywhere."""
-    token = _SCOPE.set(enabled)
-    try:
-        yield
-    finally:
-        _SCOPE.reset(token)
+    return _SWITCH.scope(enabled)
 
 
 def _cache_dir() -> Path:
@@ -119,10 +114,7 @@ def library() -> Optional[ctypes.CDLL]:
 
 
 def _requested() -> bool:
-    value = os.environ.get(ENV, "").strip().lower()
-    if value in ("0", "false", "no", "off"):
-        return False
-    return _SCOPE.get()
+    return _SWITCH.from_env() is not False and bool(_SWITCH.scoped())
 
 
 def _maps_ok(x: Tensor, *others: Optional[Tensor]) -> bool:
