@@ -35,3 +35,69 @@ def tune_cpu_allocator() -> bool:
         mallopt(param, value) == 1
         for param, value in ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20))
     )
+
+
+# --- native bf16 ---------------------------------------------------------------
+
+BF16_ENV = "CNNF_NATIVE_BF16"  # "0" / "1" overrides the detection (tests; a CPU the detection misjudges)
+
+
+def cpu_name() -> str:
+    """The CPU's model name as lscpu prints it (/proc/cpuinfo), for naming the host beside a figure."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+_ONEDNN_BELOW_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"})
+
+
+@functools.cache
+def _cpu_has_native_bf16() -> bool:
+    import torch
+
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether bf16 matmuls and convolutions run natively on `device`.
+
+    On the CPU that needs AVX512-BF16 or AMX; elsewhere torch emulates bf16
+    (on a 2-core AVX2 host a 512x512 bf16 matmul ran ~30x slower than fp32).
+    A CUDA device counts as native. CNNF_NATIVE_BF16=0/1 overrides the
+    detection, so the slow path can be exercised on any host.
+    """
+    import os
+
+    forced = os.environ.get(BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise ValueError(f"{BF16_ENV}={forced!r}: expected 0 or 1")
+    if str(device).startswith("cuda"):
+        return True
+    # oneDNN capped below its bf16 ISA (ONEDNN_MAX_CPU_ISA=AVX2, say) emulates bf16 like an AVX2 CPU.
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in _ONEDNN_BELOW_BF16:
+        return False
+    return _cpu_has_native_bf16()
+
+
+def bf16_note(device: str = "cpu") -> str:
+    """Why bf16 is slow here, one line (empty where it runs natively)."""
+    if native_bf16(device):
+        return ""
+    import os
+
+    forced = [f"{k}={os.environ[k]}" for k in (BF16_ENV, "ONEDNN_MAX_CPU_ISA") if os.environ.get(k, "").strip()]
+    why = f" (as set by {', '.join(forced)})" if forced else ""
+    return (f"this CPU ({cpu_name()}) has no native bf16 (AVX512-BF16 or AMX){why}: bf16 math is emulated and "
+            "runs many times slower than fp32 here")
