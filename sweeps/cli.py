@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -18,28 +18,38 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True,
     help="Ablation sweeps of feedback-based robustness defenses (CNN-F, feedback learning) on Ray Tune + Optuna + MLflow.",
 )
-out = Console(highlight=False, markup=False)  # messages carry user text such as [low, high]
-err = Console(stderr=True, highlight=False, markup=False)
+# Messages carry text from the user's file, such as [low, high] or :name:, printed as is.
+out = Console(highlight=False, markup=False, emoji=False)
+err = Console(stderr=True, highlight=False, markup=False, emoji=False)
 
 EXIT_INVALID = 2  # the input is wrong: nothing was started or written
 EXIT_FAILED = 1  # the sweep ran but a trial failed or none finished
 EXIT_INTERRUPTED = 130  # stopped with Ctrl-C; finished trials are kept
 
 
-def _load(file: Path):  # -> LoadedSweep
+def _load(file: Path, *, warn: bool = False):  # -> LoadedSweep
+    """The validated spec, or exit 2 with one `error:` line per problem;
+    `warn`: print its warnings (what this host makes slow) too."""
     from sweeps.spec import SpecError, load_sweep
 
     try:
-        return load_sweep(file)
+        loaded = load_sweep(file)
     except SpecError as exc:
-        err.print(f"error: {exc}", soft_wrap=True)
+        _fail(exc)
+    except Exception as exc:  # noqa: BLE001  a bug in the checks must not show the user a traceback for their file
+        err.print(f"error: {file}: the spec could not be checked ({type(exc).__name__}: {exc}); "
+                  "this is a bug in sweep, please report it with the file", soft_wrap=True)
         raise typer.Exit(EXIT_INVALID) from None
+    if warn:
+        for warning in loaded.warnings:
+            err.print(f"warning: {warning}", soft_wrap=True)
+    return loaded
 
 
 @app.command()
 def validate(file: Path = typer.Argument(..., help="sweep YAML file")) -> None:
     """Check a sweep file (and that its data is there) without running anything."""
-    loaded = _load(file)
+    loaded = _load(file, warn=True)
     c = loaded.config
     from cnnf.data import DataNotFoundError
     from tuning.experiments import experiment_kind
@@ -116,8 +126,12 @@ def _params(params: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-def _fail(exc: Exception) -> None:
-    err.print(f"error: {exc}", soft_wrap=True)
+def _fail(exc: Exception) -> NoReturn:
+    """Exit 2 after one `error:` line per problem of a SpecError (or the one line of another error)."""
+    from sweeps.spec import SpecError
+
+    for line in exc.lines() if isinstance(exc, SpecError) else [str(exc)]:
+        err.print(f"error: {line}", soft_wrap=True)
     raise typer.Exit(EXIT_INVALID) from None
 
 
@@ -130,7 +144,7 @@ def launch(
     sweep_id: Optional[str] = typer.Option(None, "--sweep-id", hidden=True, help="the sweep folder's name (set by sweep submit)"),
 ) -> None:
     """Run a sweep (Ray Tune + Optuna) here and record it in MLflow; `--address` joins an existing Ray cluster."""
-    loaded = _load(file)
+    loaded = _load(file, warn=True)
     config = _override(loaded.config, output_dir, tracking_uri)
 
     from cnnf.data import DataNotFoundError

@@ -25,7 +25,7 @@ def test_quickstart_becomes_typed_config() -> None:
     c = load_sweep(QUICKSTART).config
     assert isinstance(c.base, ExperimentConfig)
     assert c.base.train == TrainConfig(epochs=2, batch_size=64, lr=1e-3)
-    assert c.base.data.dataset == "fashion-mnist-sample"
+    assert (c.base.data.dataset, c.base.data.n_train, c.base.eval.n_examples) == ("fashion-mnist-sample", 2000, 100)
     assert c.space == {
         "model.ind": Choice((0, 1, 2)),
         "model.step_size": LogUniform(0.03, 0.3),
