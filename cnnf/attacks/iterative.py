@@ -67,28 +67,38 @@ class GradientAttack(Attack):
             if len(rows) == 0:
                 break
             final = self._run(predict, x[rows], y[rows], generator, best if self.track_success else None, rows)
+            open_ = ~best.fooled[rows]  # the examples this restart has not fooled yet: only their final iterate is new
             with torch.no_grad():
-                best.update(final, predict(final), rows)
+                best.update(final[open_], predict(final[open_]), rows[open_])
         return best.x_adv
 
     @torch.enable_grad()
     def _run(self, predict: Predict, x: Tensor, y: Tensor, generator: torch.Generator,
              best: FirstSuccess | None, rows: Tensor | None) -> Tensor:
         """One restart on the examples `rows`; returns its final iterate. With
-        `best`, every iterate before the last is offered to it, and the run
-        stops early once all its examples are fooled."""
+        `best`, every iterate before the last is offered to it, and an example
+        leaves the run once it is fooled: later steps compute only the examples
+        still open (their trajectories do not depend on the others, the loss
+        being a sum over examples), and the run ends when none is."""
         x_adv = self.project(self.random_point(x, generator), x) if self.random_start else x.clone()
         memory: Tensor | None = None
+        active = torch.arange(len(x), device=x.device)  # indices into x of the examples still attacked
         for _ in range(self.steps):
-            x_adv.requires_grad_(True)
-            logits = predict(x_adv)
+            xa = x_adv[active].requires_grad_(True)
+            logits = predict(xa)
+            keep = slice(None)
             if best is not None and rows is not None:
-                best.update(x_adv, logits, rows)
-                if best.all_fooled(rows):
+                best.update(xa, logits, rows[active])
+                keep = ~best.fooled[rows[active]]
+                if not bool(keep.any()):
                     break
-            (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x_adv)
-            memory = self.accumulate(grad, memory)
-            x_adv = self.project(x_adv.detach() + self.alpha * self.direction(memory), x)
+            (grad,) = torch.autograd.grad(F.cross_entropy(logits[keep], y[active][keep], reduction="sum"), xa)
+            active, grad = active[keep], grad[keep]
+            step_memory = self.accumulate(grad, None if memory is None else memory[active])
+            if memory is None:
+                memory = torch.zeros_like(x)
+            memory[active] = step_memory
+            x_adv[active] = self.project(x_adv[active] + self.alpha * self.direction(step_memory), x[active])
         return x_adv.detach()
 
 
