@@ -25,7 +25,7 @@ from torch import Tensor
 
 from cnnf.attacks import ATTACKS
 from cnnf.evaluate import AttackSpec
-from cnnf.report import AttackResult, Check, Curve
+from cnnf.report import CHECK_NAMES, AttackResult, Check, CheckStatus, Curve
 
 if TYPE_CHECKING:
     from cnnf.evaluate import _Evaluator
@@ -40,6 +40,10 @@ ZERO_GRAD_SHARE = 0.01  # check 7
 PROBE_SPSA = {"steps": 5, "n_samples": 32}  # check 5 when the suite has no gradient-free attack
 PROBE_NOISE_DRAWS = 20  # check 6 when the suite has no noise attack
 ROUNDING = 1e-6  # accuracies are float32 ratios of counts: a difference exactly at a slack must not trip it
+
+
+def _check(id_: int, status: CheckStatus, detail: str, numbers: tuple[tuple[str, float], ...] = ()) -> Check:
+    return Check(id_, CHECK_NAMES[id_], status, detail, numbers)
 
 
 def _default(attack: str, name: str) -> Any:
@@ -108,7 +112,7 @@ class _Checker:
         detail = (f"PGD at Linf {LARGE_EPS} leaves {a:.1%} accuracy (chance {chance:.1%})" if ok else
                   f"PGD at Linf {LARGE_EPS} leaves {a:.1%} > chance {chance:.1%}: the attack cannot drive the model "
                   "to chance with a huge budget, a sign of masked gradients or a broken attack")
-        return Check(1, "large budget reaches chance", "pass" if ok else "flag", detail,
+        return _check(1, "pass" if ok else "flag", detail,
                      (("acc_at_0.5", a), ("chance", chance)))
 
     def iterative_beats_single_step(self) -> Check:
@@ -122,7 +126,7 @@ class _Checker:
         detail = (f"{self.main.name()} {self.acc(pgd):.1%} <= FGSM {self.acc(single):.1%}; FGSM alone breaks {share:.1%} of images"
                   if ok else f"FGSM breaks {share:.1%} of images that {self.main.name()} does not "
                   f"(PGD {self.acc(pgd):.1%}, FGSM {self.acc(single):.1%}): the iterative attack is weak or the loss surface is masked")
-        return Check(2, "iterative beats single-step", "pass" if ok else "flag", detail,
+        return _check(2, "pass" if ok else "flag", detail,
                      (("pgd_acc", self.acc(pgd)), ("fgsm_acc", self.acc(single)), ("fgsm_only_share", share)))
 
     def monotone_in_budget(self) -> Check:
@@ -150,7 +154,7 @@ class _Checker:
         ok = worst <= MONOTONE_SLACK + ROUNDING
         detail = (f"accuracy non-increasing over {', '.join(s[0] for s in series)}" if ok else
                   f"accuracy rises with the budget ({where}): the attack fails at larger budgets")
-        return Check(3, "monotone in budget", "pass" if ok else "flag", detail, (("largest_rise", worst),))
+        return _check(3, "pass" if ok else "flag", detail, (("largest_rise", worst),))
 
     def more_effort(self) -> Check:
         params = dict(self.main.params)
@@ -162,13 +166,13 @@ class _Checker:
         base, stronger = self.acc(self.robust(self.main)), self.acc(self.robust(spec))
         numbers = (("acc", base), ("acc_2x_steps_restarts", stronger))
         if stronger > base + self.tol + ROUNDING:
-            return Check(4, "more effort does not help the model", "flag",
+            return _check(4, "flag",
                          f"{2 * steps} steps x {more['restarts']} restarts give {stronger:.1%} > {base:.1%}: the attack is unstable", numbers)
         if stronger < base - max(UNCONVERGED, self.tol) - ROUNDING:
-            return Check(4, "more effort does not help the model", "flag",
+            return _check(4, "flag",
                          f"{2 * steps} steps x {more['restarts']} restarts lower accuracy {base:.1%} -> {stronger:.1%}: "
                          f"{self.main.name()} had not converged; report the stronger attack", numbers)
-        return Check(4, "more effort does not help the model", "pass",
+        return _check(4, "pass",
                      f"{2 * steps} steps x {more['restarts']} restarts: {stronger:.1%} vs {base:.1%}", numbers)
 
     def _white_box_robust(self, target: Optional[tuple[str, str]] = None) -> tuple[Tensor, list[str]]:
@@ -193,17 +197,26 @@ class _Checker:
         white, names = self._white_box_robust()
         worst, numbers, detail_bad = 0.0, [], ""
         for b in black:
-            rb = self.robust(b)
+            if probe:
+                # The verdict counts only images no white-box attack broke, so the
+                # probe attacks just those (the suite's own attacks ran on all).
+                rows = tuple(torch.nonzero(white).flatten().tolist())
+                rb = self.robust(b, rows=rows)
+                numbers.append((f"{b.name()}_images", float(len(rows))))
+            else:
+                rb = self.robust(b)
+                numbers.append((f"{b.name()}_acc", self.acc(rb)))
             share = (~rb & white).float().mean().item()
-            numbers += [(f"{b.name()}_acc", self.acc(rb)), (f"{b.name()}_only_share", share)]
+            numbers.append((f"{b.name()}_only_share", share))
             if share > worst:
                 worst, detail_bad = share, (f"{b.name()} breaks {share:.1%} of images that no white-box attack "
                                             f"({', '.join(names)}) breaks: white-box gradients are masked")
         ok = worst <= BLACK_BOX_SLACK + ROUNDING
         numbers.append(("white_box_acc", self.acc(white)))
-        settings = f" (probe SPSA: {PROBE_SPSA['steps']} steps x {PROBE_SPSA['n_samples']} samples)" if probe else ""
+        settings = (f" (probe SPSA, {PROBE_SPSA['steps']} steps x {PROBE_SPSA['n_samples']} samples, on the "
+                    f"{int(white.sum())} images no white-box attack broke)") if probe else ""
         detail = f"no image broken by the gradient-free attack alone{settings}" if ok else detail_bad
-        return Check(5, "white-box beats black-box", "pass" if ok else "flag", detail, tuple(numbers))
+        return _check(5, "pass" if ok else "flag", detail, tuple(numbers))
 
     def weaker_than_white_box(self) -> Check:
         others = [s for s in self.specs if _is_noise(s.attack) or s.attack == "transfer"]
@@ -220,7 +233,7 @@ class _Checker:
         ok = not bad
         detail = (f"{', '.join(s.name() for s in others)} all >= white-box worst case {wb:.1%}" if ok else
                   f"{', '.join(bad)} below the white-box worst case {wb:.1%} ({', '.join(names)}): the white-box attacks are weak")
-        return Check(6, "transfer and noise weaker than white-box", "pass" if ok else "flag", detail, tuple(numbers))
+        return _check(6, "pass" if ok else "flag", detail, tuple(numbers))
 
     def gradients_and_determinism(self) -> Check:
         ev = self.ev
@@ -255,13 +268,12 @@ class _Checker:
         detail = "; ".join(problems) if problems else (
             "input gradients non-zero (" + ", ".join(f"{k} {v:.1%} zero" for k, v in zero_share.items())
             + f"); two forwards agree (max difference {max_diff:.2g})")
-        return Check(7, "gradients not vanishing, forward deterministic", "flag" if problems else "pass", detail, numbers)
+        return _check(7, "flag" if problems else "pass", detail, numbers)
 
     def cnnf_end_to_end(self) -> Check:
         ev = self.ev
-        name = "end-to-end not above first pass (CNN-F)"
         if not ev.is_cnnf or ev.n_iterations == 0:
-            return Check(8, name, "skipped", "the scored model has no feedback iterations: first pass and end to end coincide")
+            return _check(8, "skipped", "the scored model has no feedback iterations: first pass and end to end coincide")
         first = next((s for s in self.specs if s.attack == "pgd_linf" and s.target == "first"), None) or \
             AttackSpec.of("pgd_linf", self.main.eps, target="first", label="probe/pgd_first", **dict(self.main.params))
         e2e = next((s for s in self.specs if s.attack == "pgd_linf" and s.target is None and s.gates == "exact"), None) or \
@@ -279,11 +291,12 @@ class _Checker:
                             "the exact gate gradients mask the attack")
         detail = "; ".join(problems) if problems else (
             f"first {a_first:.1%}, end to end {a_e2e:.1%}, end to end with BPDA gates {a_bpda:.1%}")
-        return Check(8, name, "flag" if problems else "pass", detail, numbers)
+        return _check(8, "flag" if problems else "pass", detail, numbers)
 
 
 def run_checks(ev: "_Evaluator", results: Sequence[AttackResult], curves: Sequence[Curve], n_classes: int) -> tuple[Check, ...]:
     c = _Checker(ev, results, curves, n_classes)
+    # In CHECK_NAMES order: the metric names check_<id>_ok are declared from it.
     return (c.large_budget(), c.iterative_beats_single_step(), c.monotone_in_budget(), c.more_effort(),
             c.white_box_beats_black_box(), c.weaker_than_white_box(), c.gradients_and_determinism(),
             c.cnnf_end_to_end())

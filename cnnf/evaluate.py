@@ -38,7 +38,7 @@ from cnnf.attacks import Attack, attack_names, create_attack
 from cnnf.config import EvalConfig
 from cnnf.data import ArrayDataset
 from cnnf.models import GATES, PREDICTIONS, FeedbackNet, InferenceModel
-from cnnf.report import AttackResult, Check, Curve, EvalReport, mean_std
+from cnnf.report import AttackResult, Check, Curve, EvalReport, mean_std, metric_names, timing_names
 from cnnf.runtime import tune_cpu_allocator
 
 UNBOUNDED = ("cw_l2", "deepfool")  # minimal-perturbation attacks: the budget is optional
@@ -133,6 +133,14 @@ class Suite:
             raise ValueError(f"attacks: duplicate labels {dupes}; give the specs distinct `label`s")
         if self.eps is not None and not 0.0 <= self.eps <= 1.0:
             raise ValueError(f"eps {self.eps} must be in [0, 1] pixel units")
+
+    def metric_names(self, prefix: str = "") -> tuple[str, ...]:
+        """Every metric `evaluate(...).metrics(prefix)` can report for this suite."""
+        return metric_names([a.name() for a in self.attacks], self.checks, prefix)
+
+    def timing_names(self, prefix: str = "") -> tuple[str, ...]:
+        """Every name `evaluate(...).timings(prefix)` reports for this suite."""
+        return timing_names([a.name() for a in self.attacks], prefix)
 
     def examples_in(self, data: ArrayDataset) -> int:
         """How many of `data`'s images the suite evaluates (the first ones)."""
@@ -235,9 +243,17 @@ class Unit:
     params: tuple[tuple[str, Any], ...]
     seed: int
     n: int  # the first n examples
+    # Attack only these of the first n (indices); the others count as not
+    # robust. For a check whose verdict rests on a subset (cnnf.checks, check 5).
+    rows: Optional[tuple[int, ...]] = None
 
     def key(self) -> str:
-        return repr((self.attack, self.eps, self.target, self.gates, self.params, self.seed, self.n))
+        fields = (self.attack, self.eps, self.target, self.gates, self.params, self.seed, self.n)
+        return repr(fields if self.rows is None else (*fields, self.rows))
+
+    def size(self) -> int:
+        """How many examples the unit attacks."""
+        return self.n if self.rows is None else len(self.rows)
 
 
 def _attack_class_norm(name: str, params: Mapping[str, Any] | None = None) -> str:
@@ -311,11 +327,11 @@ class _Evaluator:
     def planned(self, units: Sequence[Unit]) -> None:
         """Count the batches still to run, for the progress callback."""
         todo = {u.key(): u for u in units if u.key() not in self.results and not (u.eps == 0.0)}
-        self.total_batches += sum(-(-u.n // self.suite.batch_size) for u in todo.values())
+        self.total_batches += sum(-(-u.size() // self.suite.batch_size) for u in todo.values())
 
     def run(self, unit: Unit, label: str) -> Tensor:
         """Per-example robustness (clean-correct and still correct when attacked)
-        on the first unit.n images; cached, resumable."""
+        on the first unit.n images (False outside unit.rows, if given); cached, resumable."""
         key = unit.key()
         if key in self.results:
             return self.results[key]
@@ -334,20 +350,23 @@ class _Evaluator:
         if gen_state is not None:
             generator.set_state(gen_state)
         bs = self.suite.batch_size
-        for i in range(done, unit.n, bs):
+        for i in range(done, unit.size(), bs):
             t0 = time.perf_counter()
-            j = min(i + bs, unit.n)
-            x, y = self.data.x[i:j], self.data.y[i:j]
+            j = min(i + bs, unit.size())
+            picked = slice(i, j) if unit.rows is None else list(unit.rows[i:j])
+            x, y = self.data.x[picked], self.data.y[picked]
             x_adv = attack.perturb(predict, x, y, generator)
             with torch.no_grad():
                 ok = (self.scored(x_adv).argmax(1) == y).cpu()
-            robust = torch.cat([robust, ok & clean[i:j]])
+            robust = torch.cat([robust, ok & clean[picked]])
             seconds += time.perf_counter() - t0
             self.partial[key] = (j, robust, seconds, generator.get_state())
             self._save()
             self.done_batches += 1
             if self.progress is not None:
                 self.progress(EvalProgress(self.done_batches, max(self.total_batches, self.done_batches), label))
+        if unit.rows is not None:  # back to one entry per example of the first n
+            robust = torch.zeros(unit.n, dtype=torch.bool).index_put_((torch.tensor(unit.rows, dtype=torch.long),), robust)
         self.results[key], self.seconds[key] = robust, seconds
         self.partial.pop(key, None)
         self._save()
@@ -439,12 +458,17 @@ def evaluate(
                 per_seed_min.append(worst.float().mean().item())
             min_acc, min_std = mean_std(per_seed_min) if suite.attacks else (clean.float().mean().item(), 0.0)
             n_classes = _n_classes(ev)
-            checks: tuple[Check, ...] = run_checks(ev, results, curves, n_classes) if suite.checks else ()
+            checks: tuple[Check, ...] = ()
+            t_checks = 0.0
+            if suite.checks:
+                t_checks = time.perf_counter()
+                checks = run_checks(ev, results, curves, n_classes)
+                t_checks = time.perf_counter() - t_checks
     finally:
         model.train(was_training)
     return EvalReport(split, ev.n, n_classes, ev.n_iterations, ev.prediction, suite.seeds,
                       clean.float().mean().item(), 0.0, results, min_acc, min_std, curves, checks,
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, t_checks)
 
 
 def _n_classes(ev: _Evaluator) -> int:

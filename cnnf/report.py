@@ -16,6 +16,19 @@ from typing import Literal, Optional, Sequence
 
 CheckStatus = Literal["pass", "flag", "skipped"]
 
+# The integrity checks of robustness-eval.md by id (cnnf.checks runs them in
+# this order); the metrics check_<id>_ok are named from these ids.
+CHECK_NAMES: dict[int, str] = {
+    1: "large budget reaches chance",
+    2: "iterative beats single-step",
+    3: "monotone in budget",
+    4: "more effort does not help the model",
+    5: "white-box beats black-box",
+    6: "transfer and noise weaker than white-box",
+    7: "gradients not vanishing, forward deterministic",
+    8: "end-to-end not above first pass (CNN-F)",
+}
+
 
 @dataclass(frozen=True)
 class AttackResult:
@@ -82,7 +95,8 @@ class EvalReport:
     min_std: float
     curves: tuple[Curve, ...]
     checks: tuple[Check, ...]
-    seconds: float
+    seconds: float  # the whole evaluation
+    checks_seconds: float = 0.0  # of which the integrity checks (their probe attacks and gradient tests)
 
     def result(self, label: str) -> AttackResult:
         for r in self.attacks:
@@ -98,15 +112,25 @@ class EvalReport:
         return tuple(c for c in self.checks if c.flagged)
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
-        """Flat metric names for trackers: clean_acc, <label>_acc with '/' -> '_',
-        min_acc, checks_flagged (count) and check_<id>_ok (1 pass, 0 flag; skipped left out)."""
+        """Flat metric names for trackers (`metric_names` lists them all): clean_acc,
+        <label>_acc with '/' -> '_', min_acc and, when the checks ran,
+        checks_flagged (count) and check_<id>_ok (1 pass, 0 flag; skipped left out)."""
         out = {f"{prefix}clean_acc": self.clean_acc, f"{prefix}min_acc": self.min_acc}
         for r in self.attacks:
             out[f"{prefix}{metric_name(r.label)}_acc"] = r.acc
-        out[f"{prefix}checks_flagged"] = float(len(self.flagged))
+        if self.checks:
+            out[f"{prefix}checks_flagged"] = float(len(self.flagged))
         for c in self.checks:
             if c.status != "skipped":
                 out[f"{prefix}check_{c.id}_ok"] = 0.0 if c.flagged else 1.0
+        return out
+
+    def timings(self, prefix: str = "") -> dict[str, float]:
+        """Where the evaluation's time went, in seconds (`timing_names` lists them):
+        eval_s (all of it), checks_s (the integrity checks) and one <label>_s per attack."""
+        out = {f"{prefix}eval_s": self.seconds, f"{prefix}checks_s": self.checks_seconds}
+        for r in self.attacks:
+            out[f"{prefix}{metric_name(r.label)}_s"] = r.seconds
         return out
 
     def as_dict(self) -> dict:
@@ -131,6 +155,21 @@ class EvalReport:
 def metric_name(label: str) -> str:
     """'pgd_linf/e2e_bpda' -> 'pgd_linf_e2e_bpda' (tracker-safe)."""
     return label.replace("/", "_")
+
+
+def metric_names(labels: Sequence[str], checks: bool, prefix: str = "") -> tuple[str, ...]:
+    """Every name `EvalReport.metrics(prefix)` can give for a suite with these
+    attack labels (with or without the integrity checks): the one place the
+    metric names are made, so a tracker can know them before any evaluation runs."""
+    names = [f"{prefix}clean_acc", f"{prefix}min_acc", *(f"{prefix}{metric_name(label)}_acc" for label in labels)]
+    if checks:
+        names += [f"{prefix}checks_flagged", *(f"{prefix}check_{i}_ok" for i in CHECK_NAMES)]
+    return tuple(names)
+
+
+def timing_names(labels: Sequence[str], prefix: str = "") -> tuple[str, ...]:
+    """Every name `EvalReport.timings(prefix)` gives for these attack labels."""
+    return (f"{prefix}eval_s", f"{prefix}checks_s", *(f"{prefix}{metric_name(label)}_s" for label in labels))
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

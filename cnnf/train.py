@@ -50,6 +50,11 @@ class EpochResult:
     def metrics(self) -> dict[str, float]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "epoch"}
 
+    @classmethod
+    def metric_names(cls) -> tuple[str, ...]:
+        """The names `metrics()` gives: every field but the epoch (the step)."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "epoch")
+
 
 @dataclass
 class TrainState:

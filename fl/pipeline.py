@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from cnnf.data import ArrayDataset, DataSplits
-from cnnf.evaluate import EvalProgress, evaluate, fl_paper_suite
+from cnnf.evaluate import EvalProgress, Suite, evaluate, fl_paper_suite
 from cnnf.models import FeedbackNet, InferenceModel
 from cnnf.report import EvalReport
 from cnnf.train import EpochCallback, EpochResult, FitResult, TrainState, build_model, fit, resolve_device
@@ -154,7 +154,7 @@ def centre_images(splits: DataSplits, margins: Margins, stats: MarginStats) -> T
     return splits.train.x[margins.indices[stats.centre[stats.centre >= 0]]]
 
 
-def fl_suite(cfg: FLConfig):
+def fl_suite(cfg: FLConfig) -> Suite:
     """The FL paper's attacks with cfg.eval's budgets, scoring the model as the search does."""
     e = cfg.eval
     iterations, prediction = scoring(cfg)
@@ -164,16 +164,18 @@ def fl_suite(cfg: FLConfig):
                           prediction=prediction)
 
 
+def fl_suites(cfg: FLConfig, split_names: Sequence[str] = ("val", "test")) -> dict[str, Suite]:
+    """The suite each named split is evaluated with: fl_suite, with the integrity checks on the first split only."""
+    suite = fl_suite(cfg)
+    return {name: suite if i == 0 else replace(suite, checks=False) for i, name in enumerate(split_names)}
+
+
 def evaluate_model(net: FeedbackNet, splits: DataSplits, cfg: FLConfig, *, split_names: Sequence[str] = ("val", "test"),
                    progress: Optional[EvalProgress] = None) -> dict[str, EvalReport]:
-    """The FL attack suite on each named split; the integrity checks run on the first only."""
-    suite = fl_suite(cfg)
+    """The FL attack suite on each named split (`fl_suites`)."""
     device = next(net.parameters()).device
-    reports = {}
-    for i, name in enumerate(split_names):
-        data = getattr(splits, name).to(device)
-        reports[name] = evaluate(net, data, suite if i == 0 else replace(suite, checks=False), split=name, progress=progress)
-    return reports
+    return {name: evaluate(net, getattr(splits, name).to(device), suite, split=name, progress=progress)
+            for name, suite in fl_suites(cfg, split_names).items()}
 
 
 @dataclass(frozen=True)

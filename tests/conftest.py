@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A metric a trial reports that its experiment kind does not declare is an
+# error in the tests (tuning.tracking.STRICT_METRICS_ENV), not just a warning.
+os.environ["CNNF_STRICT_METRICS"] = "1"
 EXAMPLES = REPO / "sweeps" / "examples"
 QUICKSTART = EXAMPLES / "quickstart.yaml"
 

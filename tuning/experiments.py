@@ -3,8 +3,8 @@
 A kind is its trainable function plus what the sweep layer must know
 without running it: the base config class, the metrics the trainable
 reports, which of them may be objectives, and how to rebuild the trained
-model from a trial's checkpoint. Adding a kind (FL, issue 5) is one
-`register_experiment` call next to its trainable.
+model from a trial's checkpoint. Adding a kind is one `register_experiment`
+call next to its trainable.
 """
 
 from __future__ import annotations
@@ -28,19 +28,27 @@ class ExperimentKind:
     trainable: Callable[..., None]  # (config: dict, *, base, cpus, gpus, stage_dir) -> None, reports through ray.tune
     config_cls: type
     epoch_metrics: tuple[str, ...]  # reported every epoch (may drive early stopping)
-    final_metrics: tuple[str, ...]  # reported once at the end
+    # config -> the metrics reported once at the end, named by the library that
+    # computes them (the evaluation suite, the FL pipeline), never listed by hand
+    final_metrics: Callable[[Any], tuple[str, ...]]
     preflight: Callable[[Any], None]  # raises before launch if a trial could not start (data missing)
     load_model: Callable[[Path, Any], tuple[Any, Any]]  # (checkpoint dir, config) -> (torch module, input example)
     describe_eval: Callable[[Any], str]  # one line on what the final metrics measure, with units
     epochs_path: str = "train.epochs"  # dotted path of the epochs a trial reports (the schedulers' max_t)
 
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        return self.epoch_metrics + self.final_metrics
+    def metrics(self, config: Any) -> tuple[str, ...]:
+        """Every metric a trial with this config reports (a replicated trial adds
+        `<name>_std` for each)."""
+        return self.epoch_metrics + self.final_metrics(config)
 
-    def objective_metrics(self) -> tuple[str, ...]:
+    def objective_metrics(self, config: Any) -> tuple[str, ...]:
         """Metrics a sweep may optimise: never a test-split metric."""
-        return tuple(m for m in self.metrics if not m.startswith("test_"))
+        return tuple(m for m in self.metrics(config) if not is_test_metric(m))
+
+
+def is_test_metric(name: str) -> bool:
+    """Measured on the test split: reported, never optimised."""
+    return name.startswith("test_")
 
 
 EXPERIMENTS: Registry[ExperimentKind] = Registry("experiment kind")

@@ -51,7 +51,7 @@ def plot_trial(history: list[dict[str, float]], kind: ExperimentKind, title: str
         ax_loss.legend(loc="upper right")
     ax_curve.legend(loc="lower left")
     ax_curve.set_title("learning curves")
-    bars = [(k, final[k]) for k in kind.final_metrics if k in final and k.endswith("_acc")]
+    bars = [(k, v) for k, v in final.items() if k.endswith("_acc") and k not in kind.epoch_metrics]
     ax_bar.barh([k for k, _ in bars], [v for _, v in bars], color=["tab:blue" if k.startswith("val_") else "tab:orange" for k, _ in bars])
     for i, (_, v) in enumerate(bars):
         ax_bar.text(v, i, f" {v:.3f}", va="center")

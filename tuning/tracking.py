@@ -2,9 +2,11 @@
 
 All MLflow writes happen in the driver process (a Tune callback), so a
 SQLite store never sees concurrent writers, and Tune's bookkeeping (pid,
-timestamps, config/*) never becomes a metric: only the metrics the
-experiment kind declares are logged. A trial that is restarted keeps its
-child run (looked up by trial id) instead of opening a second one.
+timestamps, config/*) never becomes a metric: the metrics logged are those
+the experiment kind declares for the trial's config (one it fails to
+declare is logged too, with a warning, and is an error in tests). A trial
+that is restarted keeps its child run (looked up by trial id) instead of
+opening a second one.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Any, Optional
 
 from ray.tune import Callback
 from ray.tune.experiment import Trial
+from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, TRIAL_ID
 
 from tuning.experiments import FINAL_KEY, REPORT_DIR, TRIAL_KEY, ExperimentKind
 from tuning.plots import TRIAL_PLOT, plot_trial, trial_title
@@ -32,6 +36,17 @@ PARENT_TAG = "mlflow.parentRunId"
 NODE_ID_TAG = "ray.node_id"  # the Ray node a trial runs on (the latest, if a restart moved it)
 NODE_IP_TAG = "ray.node_ip"
 GPU_IDS_TAG = "ray.gpu_ids"  # the GPUs Ray gave the trial ('' for none)
+STRICT_METRICS_ENV = "CNNF_STRICT_METRICS"  # "1": a metric the experiment kind did not declare raises (set by the tests)
+# What Tune adds to every result (ray.tune.result), and the trainable's own
+# control keys: never metrics. "epoch" is the step the metrics are logged at.
+TUNE_BOOKKEEPING = frozenset(AUTO_RESULT_KEYS) | {DONE, TRIAL_ID, EXPERIMENT_TAG, "iterations_since_restore", "should_checkpoint",
+                                                  FINAL_KEY, TRIAL_KEY, "epoch"}
+
+logger = logging.getLogger(__name__)
+
+
+class UndeclaredMetricError(RuntimeError):
+    """A trial reported a metric its experiment kind does not declare (raised only with STRICT_METRICS_ENV=1)."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +181,8 @@ class MlflowTrialCallback(Callback):
         self.done_before: set[str] = set()  # trials whose run was finished before a resume re-ran them
         self.final: dict[str, bool] = {}
         self.placement: dict[str, dict[str, str]] = {}
+        self.declared: dict[str, frozenset[str]] = {}  # per trial: the metrics its config reports
+        self.undeclared_seen: set[str] = set()  # warned about once each
         self.n_failed = 0
         self.best: Optional[float] = None
         self._attached = False
@@ -233,7 +250,7 @@ class MlflowTrialCallback(Callback):
 
         tid = trial.trial_id
         self.final[tid] = bool(result.get(FINAL_KEY))
-        metrics = {k: float(v) for k, v in result.items() if self._logged(k) and isinstance(v, (int, float))}
+        metrics = self._metrics_of(trial, result)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         if tid not in self.run_ids:
             return
@@ -316,8 +333,32 @@ class MlflowTrialCallback(Callback):
         self._close(trial.trial_id, "FAILED", "FAILED")
 
     # helpers -----------------------------------------------------------------
-    def _logged(self, key: str) -> bool:
-        return _base_name(key) in self.kind.metrics  # a metric of the kind, or its std over replicates
+    def _metrics_of(self, trial: Trial, result: dict) -> dict[str, float]:
+        """The trial's own numeric metrics in a Tune result (not Tune's bookkeeping).
+
+        The experiment kind declares what a trial with this config reports
+        (named by the evaluation suite and the FL pipeline). A metric it did
+        not declare is a bug in that declaration: it is still logged (a
+        finished trial's data is never dropped) with a warning, or raises
+        UndeclaredMetricError where STRICT_METRICS_ENV is set (the tests).
+        """
+        tid = trial.trial_id
+        if tid not in self.declared:
+            self.declared[tid] = frozenset(self.kind.metrics(apply_params(self.base_config, trial.config)))
+        declared = self.declared[tid]
+        metrics: dict[str, float] = {}
+        for key, value in result.items():
+            if key in TUNE_BOOKKEEPING or not isinstance(value, (int, float)):
+                continue
+            if _base_name(key) not in declared and key not in self.undeclared_seen:
+                self.undeclared_seen.add(key)
+                message = (f"trial {tid} reported {key!r}, which experiment kind {self.kind.name!r} does not declare "
+                           "(ExperimentKind.final_metrics / epoch_metrics)")
+                if os.environ.get(STRICT_METRICS_ENV) == "1":
+                    raise UndeclaredMetricError(f"{message}; an error under {STRICT_METRICS_ENV}=1")
+                logger.warning(f"{message}; logged anyway")
+            metrics[key] = float(value)
+        return metrics
 
     def _find_run(self, number: str) -> Any:
         if not number:

@@ -9,15 +9,16 @@ import json
 import logging
 import pickle
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from cnnf.config import ExperimentConfig
 from cnnf.data import check_available, dataset_info, load_splits
-from cnnf.evaluate import evaluate, suite_from_config
+from cnnf.evaluate import Suite, evaluate, suite_from_config
 from cnnf.models import InferenceModel
 from cnnf.plots import accuracy_vs_eps
 from cnnf.report import EvalReport, mean_std
@@ -25,10 +26,14 @@ from cnnf.tables import checks_table, cnnf_table
 from cnnf.train import EpochResult, TrainState, build_model, fit, load_train_state, save_train_state, transfer_source
 
 from fl.config import FLConfig
-from fl.pipeline import centre_images, centre_margins, continue_training, evaluate_model, retrain, scored_model, search_margins, train_base
+from fl.metrics import SPLITS as FL_SPLITS
+from fl.metrics import comparison_metrics
+from fl.metrics import metric_names as fl_metric_names
+from fl.pipeline import (centre_images, centre_margins, continue_training, evaluate_model, fl_suites, retrain, scored_model,
+                         search_margins, train_base)
 from fl.plots import class_centres, class_robustness, margin_heatmap
 from fl.stages import cached_stage, config_key
-from fl.stats import MarginStats, margin_stats, r_spread
+from fl.stats import MarginStats, margin_stats
 from fl.tables import adjacent_share_table, centre_table, fl_table, robustness_table
 from tuning.cluster import trial_placement
 from tuning.experiments import FINAL_KEY, REPORT_DIR, ExperimentKind, register_experiment
@@ -194,7 +199,19 @@ def _epoch_metrics(result: EpochResult) -> dict[str, float]:
     return {"epoch": result.epoch, "val_acc": result.val_acc, "train_loss": result.train_loss, **result.metrics()}
 
 
-EPOCH_METRICS = ("train_loss", "train_ce", "train_recon", "train_acc", "val_acc", "seconds", "images_per_s")
+EPOCH_METRICS = EpochResult.metric_names()
+# Where a trial's time went (seconds, mean over replicates): training (every
+# epoch, resumed ones included), the evaluations, and the whole replicate.
+TRIAL_TIMINGS = ("time_train_s", "time_eval_s", "time_trial_s")
+
+
+def _timings(history: Sequence[EpochResult], reports: dict[str, EvalReport], started: float) -> dict[str, float]:
+    """The trial's time metrics: TRIAL_TIMINGS and each report's breakdown as time_<split>_*."""
+    out = {"time_train_s": sum(r.seconds for r in history), "time_eval_s": sum(r.seconds for r in reports.values()),
+           "time_trial_s": time.perf_counter() - started}
+    for split, report in reports.items():
+        out.update(report.timings(f"time_{split}_"))
+    return out
 
 
 def _start_trial(cpus: float, n_replicates: int = 1, gpus: float = 0.0) -> list[Optional[TrainState]]:
@@ -237,14 +254,30 @@ def trial_device(requested: str, gpus: float) -> str:
     return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
+def cnnf_suites(cfg: ExperimentConfig) -> tuple[Suite, Suite]:
+    """The suites a CNN-F trial runs on its validation and test splits: the
+    same attacks; the integrity checks run once, on the validation split."""
+    suite = suite_from_config(cfg.eval, cfg.eval_iterations)
+    return suite, replace(suite, checks=False)
+
+
+def cnnf_final_metrics(cfg: ExperimentConfig, suites: Callable[[ExperimentConfig], tuple[Suite, Suite]] = cnnf_suites) -> tuple[str, ...]:
+    """What a CNN-F trial reports at its end, named by the suites it runs."""
+    val, test = suites(cfg)
+    return (*val.metric_names("val_"), *test.metric_names("test_"), *TRIAL_TIMINGS,
+            *val.timing_names("time_val_"), *test.timing_names("time_test_"))
+
+
 def train_cnnf(config: dict[str, Any], *, base: ExperimentConfig, cpus: float, gpus: float = 0.0,
-               stage_dir: Optional[str] = None, replicates: int = 1) -> None:
+               stage_dir: Optional[str] = None, replicates: int = 1,
+               suites: Callable[[ExperimentConfig], tuple[Suite, Suite]] = cnnf_suites) -> None:
     """One CNN-F trial: train with the sampled knobs, then evaluate.
 
     Reports each epoch's metrics with a checkpoint; the last report adds the
     clean and PGD accuracies on the validation split (`val_*`, what a sweep
     may optimise) and on the test split (`test_*`, for reporting only).
     With replicates, each seed trains in turn and every metric is their mean.
+    suites: config -> the (validation, test) suites the trial runs.
     """
     resume = _start_trial(cpus, replicates, gpus)
     cfg = apply_params(base, config)
@@ -253,13 +286,14 @@ def train_cnnf(config: dict[str, Any], *, base: ExperimentConfig, cpus: float, g
     init = _transfer_weights(cfg, splits, Path(stage_dir) if stage_dir else None)
 
     def run_one(rcfg: ExperimentConfig, state: Optional[TrainState], on_epoch: Callable[[EpochResult, TrainState], None]) -> ReplicateOutcome:
+        started = time.perf_counter()
         fitted = fit(rcfg, splits, callback=on_epoch, resume=state, init=init)
         result = fitted.history[-1]  # the history includes the epochs before a resume
-        suite = suite_from_config(rcfg.eval, rcfg.eval_iterations)
-        val = evaluate(fitted.model, splits.val, suite, split="val", kernels=rcfg.train.kernels)
-        # The integrity checks run once, on the validation split.
-        test = evaluate(fitted.model, splits.test, replace(suite, checks=False), split="test", kernels=rcfg.train.kernels)
-        metrics = {**_epoch_metrics(result), **val.metrics("val_"), **test.metrics("test_")}
+        val_suite, test_suite = suites(rcfg)
+        val = evaluate(fitted.model, splits.val, val_suite, split="val", kernels=rcfg.train.kernels)
+        test = evaluate(fitted.model, splits.test, test_suite, split="test", kernels=rcfg.train.kernels)
+        metrics = {**_epoch_metrics(result), **val.metrics("val_"), **test.metrics("test_"),
+                   **_timings(fitted.history, {"val": val, "test": test}, started)}
         return ReplicateOutcome(metrics, {"eval": [val.as_dict(), test.as_dict()]},
                                 _write_eval_report(val, test, f"{rcfg.model.arch} ind={rcfg.model.ind}"))
 
@@ -313,11 +347,7 @@ register_experiment(
         trainable=train_cnnf,
         config_cls=ExperimentConfig,
         epoch_metrics=EPOCH_METRICS,
-        final_metrics=(
-            "val_clean_acc", "val_pgd_first_acc", "val_pgd_e2e_acc", "val_fgsm_acc", "val_min_acc", "val_checks_flagged",
-            *(f"val_check_{i}_ok" for i in range(1, 9)),
-            "test_clean_acc", "test_pgd_first_acc", "test_pgd_e2e_acc", "test_fgsm_acc", "test_min_acc",
-        ),
+        final_metrics=cnnf_final_metrics,
         preflight=_cnnf_preflight,
         load_model=load_cnnf_model,
         describe_eval=_cnnf_eval_note,
@@ -327,15 +357,10 @@ register_experiment(
 
 # --- feedback learning ----------------------------------------------------------
 
-FL_ATTACKS = ("fgsm", "cw_l2", "pgd_linf", "bim", "mim", "deepfool", "uniform_noise", "gaussian_noise")
-FL_MARGIN_METRICS = ("R", "R_spread", "base_R", "base_R_spread", "n_generated")
-
-
-def _fl_split_metrics(prefix: str, checks: bool) -> tuple[str, ...]:
-    names = [f"{prefix}clean_acc", f"{prefix}min_acc", *(f"{prefix}{a}_acc" for a in FL_ATTACKS)]
-    if checks:
-        names += [f"{prefix}checks_flagged", *(f"{prefix}check_{i}_ok" for i in range(1, 9))]
-    return tuple(names)
+def _fl_final_metrics(cfg: FLConfig) -> tuple[str, ...]:
+    """What an FL trial reports at its end: the comparison's metrics (named by fl.metrics) and its timings."""
+    suites = fl_suites(cfg, FL_SPLITS)
+    return (*fl_metric_names(cfg), *TRIAL_TIMINGS, *(n for split, suite in suites.items() for n in suite.timing_names(f"time_{split}_")))
 
 
 def _pickled_stage(stages: Optional[Path], name: str, key: str, compute: Callable[[], Any]) -> Any:
@@ -407,19 +432,18 @@ def train_fl(config: dict[str, Any], *, base: FLConfig, cpus: float, gpus: float
     control_reports = _control_reports(cfg, net, splits, stages)
 
     def run_one(rcfg: FLConfig, state: Optional[TrainState], on_epoch: Callable[[EpochResult, TrainState], None]) -> ReplicateOutcome:
+        started = time.perf_counter()
         variant = retrain(net, splits, margins, stats, rcfg, callback=on_epoch, resume=state)
         result = variant.history[-1]  # the history includes the epochs before a resume
-        reports = evaluate_model(variant.net, splits, rcfg)
+        reports = evaluate_model(variant.net, splits, rcfg, split_names=FL_SPLITS)
         all_stats = [("original", stats)]
-        metrics: dict[str, Any] = {**_epoch_metrics(result), **reports["val"].metrics("val_"), **reports["test"].metrics("test_"),
-                                   "base_R": stats.robustness, "base_R_spread": r_spread(stats.class_robustness),
-                                   "n_generated": variant.n_generated,
-                                   **{f"base_{k}": v for k, v in base_reports["val"].metrics("val_").items() if k.endswith("_acc")},
-                                   **{f"control_{k}": v for k, v in control_reports["val"].metrics("val_").items() if k.endswith("_acc")}}
+        after = None
         if rcfg.eval.margins_after:
             after = margin_stats(search_margins(variant.net, splits, rcfg, stage_dir=stages), splits.n_classes)
             all_stats.append((variant.name, after))
-            metrics.update({"R": after.robustness, "R_spread": r_spread(after.class_robustness)})
+        metrics: dict[str, Any] = {**_epoch_metrics(result),
+                                   **comparison_metrics(reports, base_reports, control_reports, stats, variant.n_generated, after),
+                                   **_timings(variant.history, reports, started)}
         centre = [("original", stats.centre_margin.tolist()),
                   (variant.name, centre_margins(variant.net, splits, margins, stats, rcfg).tolist())]
         extra = {"eval": [reports["val"].as_dict(), reports["test"].as_dict()], "plan": variant.plan.as_dict() if variant.plan else None,
@@ -458,9 +482,7 @@ register_experiment(
         trainable=train_fl,
         config_cls=FLConfig,
         epoch_metrics=EPOCH_METRICS,
-        final_metrics=(*_fl_split_metrics("val_", True), *_fl_split_metrics("test_", False), *FL_MARGIN_METRICS,
-                       *(f"base_{m}" for m in _fl_split_metrics("val_", False)),
-                       *(f"control_{m}" for m in _fl_split_metrics("val_", False))),
+        final_metrics=_fl_final_metrics,
         preflight=lambda cfg: check_available(cfg.data),
         load_model=load_fl_model,
         describe_eval=_fl_eval_note,

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from cnnf.data import ArrayDataset, DataSplits
 from cnnf.evaluate import AttackSpec, Suite, evaluate, pgd_suite
 from cnnf.models import FeedbackNet, InferenceModel
-from cnnf.report import EvalReport
+from cnnf.report import CHECK_NAMES, EvalReport
 
 # A converged attack on the check images: 50 steps, so that doubling the effort
 # (check 4) changes nothing on the small trained model.
@@ -46,6 +46,8 @@ def masked_report(trained_net: FeedbackNet, data: ArrayDataset) -> EvalReport:
 
 def test_every_check_is_reported_with_its_numbers(plain_report: EvalReport) -> None:
     assert [c.id for c in plain_report.checks] == list(range(1, 9))
+    assert [(c.id, c.name) for c in plain_report.checks] == list(CHECK_NAMES.items()), "the ids the metrics are declared from"
+    assert 0 < plain_report.checks_seconds < plain_report.seconds
     for c in plain_report.checks:
         assert c.detail
         if c.status != "skipped":
@@ -67,6 +69,8 @@ def test_checks_fire_on_a_gradient_masked_model(masked_report: EvalReport) -> No
     assert 1 in flagged, "PGD at eps 0.5 cannot reach chance without gradients"
     assert masked_report.metrics()["checks_flagged"] == len(flagged) >= 2
     assert masked_report.metrics()["check_7_ok"] == 0.0
+    # Every metric the report gives is one the suite declares (check 8, skipped here, is declared but absent).
+    assert set(masked_report.metrics("val_")) == set(SUITE.metric_names("val_")) - {"val_check_8_ok"}
 
 
 def test_cnnf_end_to_end_check_compares_first_e2e_and_bpda(trained_net: FeedbackNet, data: ArrayDataset) -> None:

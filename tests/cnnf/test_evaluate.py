@@ -41,10 +41,15 @@ def test_report_fields(report: EvalReport) -> None:
     assert first.eps == 0.05 and first.norm == "linf", "eps is reported in [0, 1] pixel units, not input units"
     assert report.seconds > 0 and first.images_per_s > 0
     assert report.checks == () and report.flagged == ()
+    # No checks ran: no checks_flagged (a 0 would claim they passed).
     assert report.metrics("val_") == {
         "val_clean_acc": report.clean_acc, "val_min_acc": report.min_acc,
-        "val_pgd_linf_first_acc": first.acc, "val_pgd_linf_e2e_acc": e2e.acc, "val_checks_flagged": 0.0,
+        "val_pgd_linf_first_acc": first.acc, "val_pgd_linf_e2e_acc": e2e.acc,
     }
+    assert tuple(report.metrics("val_")) == SUITE.metric_names("val_"), "the suite names every metric its report gives"
+    assert report.timings("t_") == {"t_eval_s": report.seconds, "t_checks_s": 0.0,
+                                    "t_pgd_linf_first_s": first.seconds, "t_pgd_linf_e2e_s": e2e.seconds}
+    assert tuple(report.timings("t_")) == SUITE.timing_names("t_")
     with pytest.raises(KeyError, match="pgd_linf/first"):
         report.result("nope")
 

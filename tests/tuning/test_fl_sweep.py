@@ -5,12 +5,15 @@ report files."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from sweeps.spec import parse_sweep
+from tuning.experiments import experiment_kind
 from tuning.runner import STAGES, launch_sweep
+from tuning.space import apply_params
 
 pytestmark = pytest.mark.slow
 
@@ -38,16 +41,18 @@ resources: {cpu: 1}
 def fl_sweep(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("flsweep")
     loaded = parse_sweep(FL_SWEEP.replace("resources:", f"output_dir: {out}\nresources:"), "fl-tiny.yaml")
-    return launch_sweep(loaded.config, loaded.text, spec_path=None)
+    return launch_sweep(loaded.config, loaded.text, spec_path=None), loaded
 
 
 def test_both_trials_finish_with_a_final_only_objective(fl_sweep) -> None:
+    fl_sweep, _ = fl_sweep
     # val_min_acc exists only in the last report (after retraining and evaluation).
     assert (fl_sweep.status, fl_sweep.n_finished, fl_sweep.n_failed) == ("FINISHED", 2, 0)
     assert fl_sweep.best is not None and 0.0 <= fl_sweep.best.value <= 1.0
 
 
 def test_shared_stages_are_computed_once(fl_sweep) -> None:
+    fl_sweep, _ = fl_sweep
     stages = Path(fl_sweep.output_dir) / STAGES
     assert len(list(stages.glob("base-????????????????.pt"))) == 1
     assert len(list(stages.glob("base-eval-*.pt"))) == 1
@@ -58,6 +63,8 @@ def test_shared_stages_are_computed_once(fl_sweep) -> None:
 
 def test_trial_runs_carry_fl_metrics_and_reports(fl_sweep) -> None:
     from mlflow import MlflowClient
+
+    fl_sweep, loaded = fl_sweep
 
     client = MlflowClient(fl_sweep.tracking_uri)
     runs = client.search_runs([fl_sweep.experiment_id], f"tags.mlflow.parentRunId = '{fl_sweep.parent_run_id}'")
@@ -70,6 +77,14 @@ def test_trial_runs_carry_fl_metrics_and_reports(fl_sweep) -> None:
                     "R_spread", "n_generated", "base_val_min_acc", "control_val_min_acc", "val_acc"):
             assert key in m, key
         assert m["n_generated"] > 0
+        # Every metric the FL pipeline names for this config is logged, and nothing else
+        # (CNNF_STRICT_METRICS=1 makes an undeclared one fail the sweep).
+        params = {k: v == "True" if v in ("True", "False") else json.loads(v) for k, v in run.data.params.items()}
+        cfg = apply_params(loaded.config.base, params)
+        declared = set(experiment_kind("fl").metrics(cfg))
+        declared -= {"val_check_8_ok"}  # skipped: a plain CNN has no feedback to compare end to end
+        assert set(m) == declared, set(m) ^ declared
+        assert m["time_trial_s"] > m["time_train_s"] > 0 and m["time_val_checks_s"] > 0
         files = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
         assert {"report/evaluation.md", "report/margin_heatmap.png", "report/class_robustness.png",
                 "report/fgsm_curve.png", "report/class_centres.png"} <= files

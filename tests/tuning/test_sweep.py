@@ -10,6 +10,8 @@ import pytest
 
 from sweeps.spec import parse_sweep
 from tests.conftest import TINY_SWEEP
+from tuning.experiments import experiment_kind
+from tuning.space import apply_params
 from tuning.runner import JOURNAL, MLFLOW_DB, LaunchError, launch_sweep
 
 pytestmark = pytest.mark.slow
@@ -63,6 +65,12 @@ def test_mlflow_holds_one_parent_and_two_children(sweep) -> None:
             assert 0.0 <= metrics[key] if key == "train_loss" else 0.0 <= metrics[key] <= 1.0, key
         assert metrics["val_pgd_first_acc"] <= metrics["val_clean_acc"]
         assert not TUNE_BOOKKEEPING & set(metrics) and not any(k.startswith("config") for k in metrics)
+        # Exactly the metrics the suite names for this trial's config, the time breakdown among them.
+        params = {"model.ind": int(child.data.params["model.ind"]), "model.step_size": float(child.data.params["model.step_size"])}
+        declared = set(experiment_kind("cnnf").metrics(apply_params(loaded.config.base, params)))
+        assert set(metrics) == declared, set(metrics) ^ declared
+        assert metrics["time_trial_s"] >= metrics["time_train_s"] + metrics["time_eval_s"]
+        assert metrics["time_val_eval_s"] > metrics["time_val_checks_s"] > 0 and metrics["time_test_checks_s"] == 0
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val_acc")] == [1, 2]
         assert {"trial.png", "config.json"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
 
