@@ -38,7 +38,6 @@ from typing import Callable, ContextManager, Optional
 
 import torch
 from torch import Tensor
-from torch._dynamo.exc import FailOnRecompileLimitHit
 
 from cnnf import native
 from cnnf.switches import Switch
@@ -207,6 +206,8 @@ def compiled(fn: Callable) -> Callable:
     """fn compiled for the CPU (dynamic shapes: one kernel for every batch
     size, so a resumed run and a continuous one run the same code). On a
     compile failure the process falls back to eager and `fn` itself runs."""
+    from torch._dynamo.exc import FailOnRecompileLimitHit  # here: importing dynamo costs ~1.5 s, paid only by a compile
+
     kernel = torch.compile(fn, dynamic=True, fullgraph=True, options={"compile_threads": 1})
 
     @functools.wraps(fn)

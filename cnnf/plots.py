@@ -9,9 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from cnnf.report import EvalReport
 
 NORM_NAME = {"linf": "L∞", "l2": "L2", "none": "no norm"}
@@ -25,6 +22,9 @@ def accuracy_vs_eps(reports: Sequence[tuple[str, EvalReport]], path: str | Path,
         names = ", ".join(name for name, _ in reports) or "none given"
         raise ValueError(f"no accuracy-vs-eps curves to plot: none of the reports ({names}) has curves; "
                          "evaluate with an eps grid to get them")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported on the first plot, not with this module
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6.4, 4.8), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
