@@ -43,10 +43,16 @@ more for FGSM and fewer for the attacks with hundreds to thousands of
 forward passes per image (`DEFAULT_BATCH`; `--batch` sets one for all:
 mind SPSA, ~26,000 forward passes per image). A default CPU run takes about
 7 minutes on 2 cores. Run it alone: the machine is shared and any other
-load lowers every figure.
+load lowers every figure. The host (CPU model, avx2 / avx512f / avx512_bf16 /
+amx flags, threads) is printed first and stored under "host" in the JSON.
+Everything runs in fp32: there are no bf16 rows to skip on a CPU without
+native bf16.
+
+The full benchmark, then a smoke run (figures meaningless):
 
     .venv/bin/python benchmarks/attack_suite.py [--attacks fgsm pgd_linf] [--batch 64] [--seconds 10] \\
         [--device cpu|cuda] [--std] [--early-stop] [--weights cnnf_fmnist_adv=ckpt.pt] [--json out.json]
+    .venv/bin/python benchmarks/attack_suite.py --attacks fgsm pgd_linf --batch 2 --seconds 0
 """
 
 from __future__ import annotations
@@ -54,8 +60,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -66,6 +74,9 @@ from cnnf.config import DataConfig
 from cnnf.data import DATA_ROOT_ENV, DataNotFoundError, load_raw, to_inputs
 from cnnf.models import InferenceModel, create_model
 from cnnf.runtime import tune_cpu_allocator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _host import print_host  # noqa: E402
 
 EPS_PIXELS = {"linf": 0.1, "l2": 1.5, "none": 0.1}  # [0, 1] pixel units, by the attack's norm
 UNBOUNDED = ("cw_l2", "deepfool")  # minimal-perturbation attacks, run without a budget
@@ -274,10 +285,7 @@ def main() -> None:
 
     if device.type == "cpu":
         tune_cpu_allocator()  # as fit() and evaluate() do
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-              f"load average {os.getloadavg()[0]:.2f}")
-    else:
-        print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}")
+    host = print_host(device)
     print(f"data: {data}; weights: " + ", ".join(f"{m} {weights.get(m, 'random init')}" for m in models))
     print("labels: true, attacks stop on fooled examples" if args.early_stop else
           "labels: all class 0, raised by 1e4 in the logits: no example is ever fooled, every attack does its full work")
@@ -303,7 +311,7 @@ def main() -> None:
     print_tables(forward, rows, args.early_stop)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"device": str(device), "data": data, "early_stop": args.early_stop, "seconds": args.seconds,
+            json.dump({"host": host, "device": str(device), "data": data, "early_stop": args.early_stop, "seconds": args.seconds,
                        "weights": {m: weights.get(m) for m in models}, "forward": [asdict(f) for f in forward],
                        "rows": [r.as_dict() for r in rows]}, fh, indent=2)
 

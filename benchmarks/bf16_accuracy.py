@@ -6,18 +6,33 @@ Fashion-MNIST in fp32 and in bf16 from the same seed, and, for scale, in fp32
 from a second seed. Each model is scored on the Fashion-MNIST test split
 (avg prediction): clean accuracy on all 10,000 images and PGD-20 (eps 0.1,
 first pass) on the first `--n-pgd`; the bf16 model is scored both with bf16
-inference and in fp32. Prints the differences in points. Training and
-scoring use the fused CPU kernels (cnnf.fused) as a full-size run does
+inference and in fp32. Prints the differences in points, and the training
+time of each run (on the host printed first: CPU model, avx2 / avx512f /
+avx512_bf16 / amx flags, threads; stored under "host" in the JSON). Training
+and scoring use the fused CPU kernels (cnnf.fused) as a full-size run does
 (`--kernels eager` for the eager ops).
 
-    .venv/bin/python benchmarks/bf16_accuracy.py --data-root /work/shared/datasets
+The full benchmark (three trainings of `--epochs` on `--n-train` images):
+
+    .venv/bin/python benchmarks/bf16_accuracy.py --data-root /work/shared/datasets [--json out.json]
+
+bf16 is this script's only purpose, so on a CPU without native bf16
+(AVX512-BF16 or AMX), where torch emulates bf16 and the bf16 training alone
+would take many times the fp32 one, it does nothing: it prints one line
+saying why (on stderr), writes {"host", "skipped": {"bf16": reason}} to
+`--json` if given, and exits with status 1 before loading any data. A
+non-zero status because the run produced none of the figures it exists for:
+a caller that checks the status must not take a skipped run for a measured
+one. `--force-bf16` runs it anyway.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -27,6 +42,9 @@ from cnnf.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, T
 from cnnf.data import ArrayDataset, load_splits
 from cnnf.models import FeedbackNet, InferenceModel
 from cnnf.train import fit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _host import add_force_bf16, bf16_skip, print_host  # noqa: E402
 
 
 def score(net: FeedbackNet, test: ArrayDataset, n_pgd: int, bf16: bool) -> dict[str, float]:
@@ -56,7 +74,15 @@ def main() -> None:
     parser.add_argument("--n-pgd", type=int, default=1000)
     parser.add_argument("--kernels", default="fused", choices=["fused", "eager"])
     parser.add_argument("--json", default=None)
+    add_force_bf16(parser)
     args = parser.parse_args()
+    host = print_host("cpu")
+    reason = bf16_skip("cpu", args.force_bf16, "bf16 training and scoring (this script's whole work)", announce=False)
+    if reason:
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"host": host, "skipped": {"bf16": reason}}, fh, indent=2)
+        raise SystemExit(f"bf16_accuracy: nothing measured: {reason}")
 
     data = DataConfig(dataset="fashion-mnist", root=args.data_root, n_train=args.n_train, val_fraction=0.02)
     splits = load_splits(data)
@@ -89,7 +115,8 @@ def main() -> None:
     print(f"training time: fp32 {a['train_s']:.0f} s, bf16 {b['train_s']:.0f} s")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+            json.dump({"host": host, "skipped": {}, "settings": {k: v for k, v in vars(args).items() if k != "json"},
+                       "runs": results}, fh, indent=2)
 
 
 if __name__ == "__main__":

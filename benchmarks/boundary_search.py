@@ -27,7 +27,8 @@ Measured, in this order:
     scan must agree with the naive loop like the bf16 target below: same
     adjacent class, margin within one step, on >= 99 % of searches);
   - the exact scan under bf16 autocast; agreement with fp32 = the share of
-    searches with the same adjacent class and a margin within one step;
+    searches with the same adjacent class and a margin within one step
+    (bf16 rows, this one and c2f bf16: only where bf16 is native, see below);
   - coarse-to-fine (every `--coarse-factor`-th step, then bisection inside
     the first flipped bracket; an approximation, fewer forward passes) in
     fp32 and, unless `--no-c2f-bf16`, in bf16: adjacent-class agreement
@@ -49,12 +50,23 @@ searches (the paper: ~79 % on MNIST; it depends on the model) and the
 projected time of the paper-scale search (1,500 samples x 784 directions x
 2 signs) at each measured rate, using this run's forward passes per search.
 
-A default CPU run takes about 3 minutes on 2 cores. Run it alone: the
-machine is shared and any other load lowers every figure (the load average
-is printed before and after).
+The host (CPU model, avx2 / avx512f / avx512_bf16 / amx flags, threads) is
+printed first and stored under "host" in the JSON. On a CPU without native
+bf16 (AVX512-BF16 or AMX) torch emulates bf16, many times slower than fp32:
+there the bf16 rows (exact bf16, c2f bf16) and their targets are skipped,
+the reason printed once and recorded under "skipped" in the JSON
+(`--force-bf16` runs them anyway).
+
+The full benchmark: a default CPU run takes about 3 minutes on 2 cores. Run
+it alone: the machine is shared and any other load lowers every figure (the
+load average is printed before and after).
 
     .venv/bin/python benchmarks/boundary_search.py [--samples 100] [--directions 128] [--seconds 30] \\
         [--device cpu|cuda] [--threads N] [--weights state.pt] [--json out.json]
+
+Small-work options, for a smoke test of every code path (figures meaningless):
+`--samples 4 --directions 4 --naive-samples 2 --epochs 1 --n-train 1000
+--reference-seconds 0`.
 """
 
 from __future__ import annotations
@@ -86,6 +98,8 @@ TARGETS = {"exact fp32": 2.0, "exact bf16": 5.0, "c2f fp32": 10.0, "c2f bf16": 1
 AGREEMENT_TARGET = 0.99
 BUSY_SHARE = 0.1  # other processes' share of the CPUs above which the run is flagged as unreliable
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _host import add_force_bf16, bf16_skip, print_host  # noqa: E402
 
 
 def cpu_snapshot() -> Optional[tuple[float, float, float]]:
@@ -248,6 +262,7 @@ def main() -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=SearchConfig.channels_last,
                         help="memory layout of the batched scans")
     parser.add_argument("--c2f-bf16", action=argparse.BooleanOptionalAction, default=True, help="also coarse-to-fine under bf16")
+    add_force_bf16(parser)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each batched scan (the best counts)")
     parser.add_argument("--reference-seconds", type=float, default=3.0, help="timing window of the single-image forward reference")
     parser.add_argument("--epochs", type=int, default=3, help="training epochs of the model (ignored with --weights)")
@@ -278,9 +293,11 @@ def main() -> None:
     load_before, cpu_before = os.getloadavg()[0], cpu_snapshot()
     if device.type == "cpu":
         tune_cpu_allocator()  # as fit() and evaluate() do
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {load_before:.2f}")
-    else:
-        print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}")
+    host = print_host(device)
+    skipped: dict[str, str] = {}
+    reason = bf16_skip(device, args.force_bf16, "bf16 rows (exact bf16, c2f bf16) and their targets")
+    if reason:
+        skipped["bf16"] = reason
 
     # The model and the samples.
     splits = load_data(args)
@@ -332,6 +349,8 @@ def main() -> None:
     configs = [("exact fp32", "exact", "fp32"), ("exact bf16", "exact", "bf16"), ("c2f fp32", "coarse_to_fine", "fp32")]
     if args.c2f_bf16:
         configs.append(("c2f bf16", "coarse_to_fine", "bf16"))
+    if skipped:
+        configs = [c for c in configs if c[2] != "bf16"]
     results: dict[str, Margins] = {}
     for what, mode, precision in configs:
         cfg = SearchConfig(**{**asdict(base), "mode": mode, "precision": precision})
@@ -451,6 +470,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({
+                "host": host, "skipped": skipped,
                 "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                 "load_average": {"before": load_before, "after": load_after}, "other_cpu_share": others, "busy": busy,
                 "model": {"arch": ARCH, "origin": origin, "weights": args.weights, "test_accuracy": test_acc,

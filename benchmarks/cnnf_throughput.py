@@ -7,26 +7,27 @@ averaged logits at batch 256. The plain CNN of the same backbone
 (`cnn_fmnist_adv`) runs the same training (PGD-7, clean + adversarial) with
 0 iterations.
 
-Everything printed comes from this run: images/s, FLOPs per image counted
-with torch.utils.flop_counter (convolutions and matmuls, forward and
-backward), the achieved GFLOP/s, and this machine's fp32 and bf16 matmul
-peaks measured before and after the rows (the higher one counts). The
-reference implementation's throughput is quoted for a quiet 2-core machine
-(issue #3: ~100 clean images/s training, ~1,200 images/s inference, at a
-fp32 matmul peak of ~180 GFLOP/s); scaled by the peak measured here it gives
-the reference-equivalent figure, and `x ref` is our throughput over it
-(`x quoted`: over the quoted figures, unscaled). Scaling by the peak assumes
-the reference's time grows with the matmul peak, which holds only for its
-GEMMs: on a host with a much higher peak than the quoted one it overstates
-the reference. `x eager` (printed when the fp32 eager variant runs) is the
-ratio to this run's fp32 eager CNN-F, the same math in plain PyTorch ops,
-the one comparison measured entirely on this machine. Run it alone: the
-machine is shared and any other load lowers every figure.
+Everything printed comes from this run, on the host named at the top (CPU
+model, its avx2 / avx512f / avx512_bf16 / amx flags, threads): images/s,
+FLOPs per image counted with torch.utils.flop_counter (convolutions and
+matmuls, forward and backward), the achieved GFLOP/s and, for context, its
+share of this machine's fp32 matmul peak (`% fp32 peak`; measured before and
+after the rows, the higher one counts). The one comparison is `x eager`:
+each CNN-F row over this run's fp32 eager CNN-F, the same math in plain
+PyTorch ops (printed when the fp32 eager variant runs, i.e. with
+`--kernels ... eager`). No figure from another machine is quoted or scaled.
+Run it alone: the machine is shared and any other load lowers every figure.
+
+bf16: on a CPU without native bf16 (AVX512-BF16 or AMX) torch emulates it,
+~30x slower than fp32, so the bf16 rows and the bf16 matmul peak are skipped
+there: the reason is printed once and recorded under "skipped" in the JSON
+(`--force-bf16` runs them anyway). Where bf16 rows run, the bf16 matmul peak
+is printed beside the fp32 one.
 
 With `--device cuda` the same rows run on the GPU (timings synchronised,
-matmul peaks measured on the GPU); the quoted reference is a CPU figure, so
-the `x ref` columns are left empty there. `--train-batch` / `--infer-batch`
-change the batch sizes (a GPU is launch-bound at batch 64).
+matmul peaks measured on the GPU). `--train-batch` / `--infer-batch` change
+the batch sizes (a GPU is launch-bound at batch 64); FLOPs per image do not
+depend on them.
 
 `--kernels fused eager compiled` also times the eager instance norms /
 AdaReLUs / pooling, and the fused path with torch.compile's kernels only
@@ -36,16 +37,23 @@ or more, so `fused` is what a real training run executes; on a GPU all are
 eager). The variants of one row are timed in alternating rounds, so their
 ratio is robust to the machine's load drifting during the run.
 
-    .venv/bin/python benchmarks/cnnf_throughput.py [--precision fp32 bf16] [--kernels fused eager compiled] [--seconds 8] [--peak-seconds 2] [--device cpu|cuda]
+The full benchmark (a few minutes on 2 cores):
+
+    .venv/bin/python benchmarks/cnnf_throughput.py [--precision fp32 bf16] [--kernels fused eager compiled] [--seconds 8] [--peak-seconds 2] [--device cpu|cuda] [--json out.json]
+
+Small-work options, for a smoke test of every code path (figures meaningless):
+`--seconds 0 --min-rounds 1 --warmup 0 --peak-seconds 0 --peak-size 256
+--train-batch 4 --infer-batch 8`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -58,8 +66,11 @@ from cnnf.models import InferenceModel, create_model
 from cnnf.runtime import tune_cpu_allocator
 from cnnf.train import TrainStep, build_optimizer, build_scheduler
 
-REFERENCE = {"train": 100.0, "infer": 1200.0, "peak": 180.0}  # issue #3, quiet machine, fp32
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _host, when imported from another benchmark
+from _host import add_force_bf16, bf16_skip, print_host  # noqa: E402
+
 TRAIN_BATCH, INFER_BATCH = 64, 256
+PEAK_SIZE = {"cpu": 2048, "cuda": 8192}  # n of the n x n matmul whose GFLOP/s is the peak
 
 
 def sync(device: torch.device) -> None:
@@ -67,15 +78,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 2.0) -> float:
-    """GFLOP/s of an n x n matmul (n = 2048 on the CPU, 8192 on a GPU), best of repeated timings."""
-    n = 8192 if device.type == "cuda" else 2048
+def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 2.0, n: int | None = None) -> float:
+    """GFLOP/s of an n x n matmul (default n: PEAK_SIZE, 2048 on the CPU, 8192 on a GPU), best of
+    repeated timings over `seconds` (at least one timed call, so seconds=0 still measures)."""
+    n = n or PEAK_SIZE[device.type]
     a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
     for _ in range(3):
         a @ b
     sync(device)
     best, t_end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
+    while best == 0.0 or time.perf_counter() < t_end:
         t0 = time.perf_counter()
         a @ b
         sync(device)
@@ -107,20 +119,22 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.total
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], seconds: float, device: torch.device) -> dict[str, float]:
+def time_interleaved(fns: dict[str, Callable[[], object]], seconds: float, device: torch.device,
+                     warmup: int = 2, min_rounds: int = 5) -> dict[str, float]:
     """Median seconds per call of each variant, the variants called in
     alternating rounds (one call each, the order flipped every round) for
-    about `seconds` per variant: drift in the machine's load then hits every
+    about `seconds` per variant and at least `min_rounds` rounds, after
+    `warmup` untimed calls of each: drift in the machine's load then hits every
     variant alike, and their ratio holds even when the absolute figures move."""
     names = list(fns)
     for name in names:
-        fns[name]()
-        fns[name]()
+        for _ in range(warmup):
+            fns[name]()
     sync(device)
     times: dict[str, list[float]] = {name: [] for name in names}
     t_end = time.perf_counter() + seconds * len(names)
     k = 0
-    while time.perf_counter() < t_end or min(len(v) for v in times.values()) < 5:
+    while time.perf_counter() < t_end or min(len(v) for v in times.values()) < min_rounds:
         for name in names if k % 2 == 0 else names[::-1]:
             t0 = time.perf_counter()
             fns[name]()
@@ -175,12 +189,19 @@ def make_inference(arch: str, n_iterations: int, precision: str, device: torch.d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                        help="bf16 is skipped on a CPU without native bf16 (see --force-bf16)")
+    add_force_bf16(parser)
     parser.add_argument("--kernels", nargs="+", default=["fused"], choices=["fused", "eager", "compiled"],
                         help="instance norm + AdaReLU + pooling on the fused CPU path (what fit runs), eager ops, "
                              "and/or the fused path without the C kernels")
     parser.add_argument("--seconds", type=float, default=8.0, help="timing window per measurement")
-    parser.add_argument("--peak-seconds", type=float, default=2.0, help="timing window of each matmul-peak measurement")
+    parser.add_argument("--min-rounds", type=int, default=5, help="timed calls per variant at least, whatever --seconds")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed calls per variant before timing (after the one that compiles the fused kernels)")
+    parser.add_argument("--peak-seconds", type=float, default=2.0,
+                        help="timing window of each matmul-peak measurement (0: one timed matmul)")
+    parser.add_argument("--peak-size", type=int, help="n of the n x n peak matmul (default 2048 on the CPU, 8192 on a GPU)")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--train-batch", type=int, default=TRAIN_BATCH, help="clean images per training step")
@@ -189,22 +210,48 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
+    if args.peak_seconds < 0 or args.seconds < 0:
+        parser.error("--seconds, --peak-seconds: must be >= 0")
+    for name in ("min_rounds", "train_batch", "infer_batch"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: must be >= 1")
+    if args.warmup < 0:
+        parser.error("--warmup: must be >= 0")
     on_cpu = device.type == "cpu"
     train_batch, infer_batch = args.train_batch, args.infer_batch
+    peak_n = args.peak_size or PEAK_SIZE[device.type]
 
     if on_cpu:
         tune_cpu_allocator()  # as fit() and evaluate() do
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-    else:
-        print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}")
+    host = print_host(device)
+    skipped: dict[str, str] = {}
+    precisions = list(dict.fromkeys(args.precision))
+    if "bf16" in precisions:
+        reason = bf16_skip(device, args.force_bf16, "bf16 rows and the bf16 matmul peak")
+        if reason:
+            skipped["bf16"] = reason
+            precisions.remove("bf16")
+    settings = {"precision": args.precision, "kernels": args.kernels if on_cpu else ["eager"], "seconds": args.seconds,
+                "min_rounds": args.min_rounds, "warmup": args.warmup, "peak_seconds": args.peak_seconds, "peak_size": peak_n,
+                "force_bf16": args.force_bf16}
+    if not precisions:  # --precision bf16 alone, skipped: nothing left to measure
+        print("nothing left to measure")
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"host": host, "device": str(device), "settings": settings, "skipped": skipped, "rows": []}, fh, indent=2)
+        return
     print(f"batches: train {train_batch} clean + {train_batch} adversarial, inference {infer_batch}")
-    if args.peak_seconds <= 0:
-        parser.error("--peak-seconds: must be > 0")
-    before = {"fp32": matmul_peak(torch.float32, device, args.peak_seconds), "bf16": matmul_peak(torch.bfloat16, device, args.peak_seconds)}
+    # The fp32 peak is context for every row (`% fp32 peak`); the bf16 one only where bf16 rows run.
+    peak_dtypes = {"fp32": torch.float32} | ({"bf16": torch.bfloat16} if "bf16" in precisions else {})
+
+    def peaks() -> dict[str, float]:
+        return {k: matmul_peak(dtype, device, args.peak_seconds, peak_n) for k, dtype in peak_dtypes.items()}
+
+    before = peaks()
 
     rows: list[Row] = []
     kernel_choices = args.kernels if on_cpu else ["eager"]
-    for precision in args.precision:
+    for precision in precisions:
         def scoped(fn: Callable[[], object], kernels: str) -> Callable[[], object]:
             def call() -> object:
                 with fused.use_kernels(kernels != "eager"), native.use_native(kernels == "fused"):
@@ -216,7 +263,7 @@ def main() -> None:
             for call in variants.values():
                 call()  # compiles the kernels when fused
             flops = count_flops(counted) / batch  # a dispatch mode sees the eager ops: the same FLOPs either way
-            for kernels, sec in time_interleaved(variants, args.seconds, device).items():
+            for kernels, sec in time_interleaved(variants, args.seconds, device, args.warmup, args.min_rounds).items():
                 label = precision + ("" if kernels == "eager" else f"+{kernels}")
                 rows.append(Row(what, label, batch / sec, flops / 1e9, flops * batch / sec / 1e9))
 
@@ -229,32 +276,23 @@ def main() -> None:
     rows.sort(key=lambda r: (r.precision, ("CNN-F train", "CNN train", "CNN-F infer", "CNN infer").index(r.what)))
 
     # The peaks are measured before and after the rows and the higher one is
-    # used: a peak taken during a burst of outside load would inflate `x ref`.
-    after = {"fp32": matmul_peak(torch.float32, device, args.peak_seconds), "bf16": matmul_peak(torch.bfloat16, device, args.peak_seconds)}
+    # used: a peak taken during a burst of outside load would understate it.
+    after = peaks()
     peak = {k: max(before[k], after[k]) for k in before}
-    n = 8192 if device.type == "cuda" else 2048
-    print(f"matmul peak ({n}^2 on {device.type}, before / after the rows): fp32 {before['fp32']:.0f} / {after['fp32']:.0f} GFLOP/s, "
-          f"bf16 {before['bf16']:.0f} / {after['bf16']:.0f} GFLOP/s")
-    ref = {k: REFERENCE[k] * peak["fp32"] / REFERENCE["peak"] for k in ("train", "infer")}
-    if on_cpu:
-        print(f"reference scaled to this run's fp32 peak ({peak['fp32']:.0f}): train {ref['train']:.0f} img/s, infer {ref['infer']:.0f} img/s; "
-              f"as quoted (at {REFERENCE['peak']:.0f}): train {REFERENCE['train']:.0f}, infer {REFERENCE['infer']:.0f}")
+    print(f"matmul peak, context only ({peak_n}^2 on {device.type}, before / after the rows): "
+          + ", ".join(f"{k} {before[k]:.0f} / {after[k]:.0f} GFLOP/s" for k in peak))
 
     # `x eager`: against this run's fp32 eager CNN-F, the same math in plain
-    # PyTorch ops (the way the reference computes it), measured on this
-    # machine; the one ratio here that needs no figure from another machine.
+    # PyTorch ops, measured on this machine in this run.
     eager = {r.what: r.images_per_s for r in rows if r.precision == "fp32"}
     x_eager = {(r.what, r.precision): r.images_per_s / eager[r.what] for r in rows if r.what.startswith("CNN-F") and r.what in eager}
-    print(f"\n{'':12} {'prec':10} {'img/s':>8} {'GFLOP/img':>10} {'GFLOP/s':>8} {'% fp32 peak':>11} {'x ref':>6} {'x quoted':>8} "
-          f"{'x eager':>7}")
+    print(f"\n{'':12} {'prec':10} {'img/s':>8} {'GFLOP/img':>10} {'GFLOP/s':>8} {'% fp32 peak':>11} {'x eager':>7}")
     for r in rows:
-        kind = "train" if "train" in r.what else "infer"
-        cnnf = r.what.startswith("CNN-F") and on_cpu  # the quoted reference is a CPU figure
-        x_ref = f"{r.images_per_s / ref[kind]:.2f}" if cnnf else ""
-        x_quoted = f"{r.images_per_s / REFERENCE[kind]:.2f}" if cnnf else ""
         x_eag = f"{x_eager[r.what, r.precision]:.2f}" if (r.what, r.precision) in x_eager else ""
         print(f"{r.what:12} {r.precision:10} {r.images_per_s:8.0f} {r.gflop_per_image:10.3f} {r.gflop_per_s:8.0f} "
-              f"{100 * r.gflop_per_s / peak['fp32']:10.0f}% {x_ref:>6} {x_quoted:>8} {x_eag:>7}")
+              f"{100 * r.gflop_per_s / peak['fp32']:10.0f}% {x_eag:>7}")
+    if not x_eager:
+        print("(x eager: add `eager` to --kernels, with fp32 in --precision)")
     print()
     for precision in dict.fromkeys(r.precision for r in rows):
         by = {r.what: r for r in rows if r.precision == precision}
@@ -264,9 +302,10 @@ def main() -> None:
                   f"FLOP ratio {f.gflop_per_image / c.gflop_per_image:.2f}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"device": str(device), "train_batch": train_batch, "infer_batch": infer_batch,
+            json.dump({"host": host, "device": str(device), "train_batch": train_batch, "infer_batch": infer_batch,
+                       "settings": settings, "skipped": skipped,
                        "peak_gflops": peak, "peak_gflops_before": before, "peak_gflops_after": after,
-                       "reference_scaled": ref if on_cpu else None, "rows": [r.__dict__ for r in rows],
+                       "rows": [r.__dict__ for r in rows],
                        "x_fp32_eager": {f"{what} {precision}": x for (what, precision), x in x_eager.items()}}, fh, indent=2)
 
 

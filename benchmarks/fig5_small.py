@@ -28,8 +28,11 @@ classified correctly both clean and under attack (by the same prediction).
 Epsilons are in [0, 1] pixel units; the attack converts to the [-1, 1] inputs.
 
 Writes <out>/results.json (every number, the config, timings) after every
-phase, and <out>/fig5.png at the end. Run `--quick` for a ~2 minute smoke
-test; see docs/fig5.md for the full command.
+phase, and <out>/fig5.png at the end; the host (CPU model, avx2 / avx512f /
+avx512_bf16 / amx flags, threads) is printed first and stored under "host".
+Run `--quick` for a ~2 minute smoke test; see docs/fig5.md for the full
+command. Everything runs in fp32: nothing to skip on a CPU without native
+bf16.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without an install
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _host import describe_host, host_line  # noqa: E402
 
 from cnnf.attacks import LinfPGDAttack  # noqa: E402
 from cnnf.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, TrainConfig  # noqa: E402
@@ -246,6 +252,7 @@ class Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         self.results: dict[str, Any] = {
             "paper_claim": PAPER_CLAIM,
+            "host": describe_host(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"),
             "config": {k: v for k, v in vars(args).items()},
             "environment": {
                 "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
@@ -523,6 +530,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     runner = Runner(args)
+    print(host_line(runner.results["host"]), flush=True)
     console.rule("Fig. 5 (small): config")
     console.print({k: v for k, v in vars(args).items() if k not in ("eps_list", "train_k", "iter_e2e_list")})
     console.log(f"output: {runner.out}  torch {torch.__version__}, {torch.get_num_threads()} threads")

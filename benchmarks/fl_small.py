@@ -11,6 +11,11 @@ paper's step 0.02 and range 0.5, quotas scaled with the samples per class
 strength 1.5-2.0, retraining from the trained weights. Evaluated on the
 first `--n-eval` MNIST test images. Stages (trained models, margins) are
 kept in `--out`/state/, so a rerun reuses them (delete it to start over).
+The host (CPU model, avx2 / avx512f / avx512_bf16 / amx flags, threads) is
+printed first and stored under "host" in results.json. Everything runs in
+fp32: nothing to skip on a CPU without native bf16.
+
+The full benchmark:
 
     CNNF_DATA_ROOT=../shared/datasets .venv/bin/python benchmarks/fl_small.py [--out docs/fl]
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +42,9 @@ from fl.stats import margin_stats
 from fl.tables import adjacent_share_table, centre_table, fl_table, robustness_table
 from cnnf.tables import checks_table
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _host import print_host  # noqa: E402
+
 NAMES = {"original": "Ori", "continued": "Ori + retraining", "adv": "Adv (Madry PGD)", "fl": "FL", "reduced_fl": "Reduced FL"}
 
 
@@ -50,6 +59,7 @@ def main() -> None:
     parser.add_argument("--no-adv", action="store_true", help="leave out the adversarially trained model")
     parser.add_argument("--out", default="docs/fl")
     args = parser.parse_args()
+    host = print_host("cpu")
     out = Path(args.out)
     stages = out / "state"
     t_start = time.perf_counter()
@@ -140,7 +150,7 @@ def main() -> None:
         md += [f"\n## Integrity checks: {NAMES[k]}\n", checks_table(reports[k])]
     (out / "README.md").write_text("\n".join(md) + "\n")
     (out / "results.json").write_text(json.dumps(
-        {k: {"report": reports[k].as_dict(), "margins": outcomes[k].stats.as_dict() if outcomes[k].stats else None,
+        {"host": host} | {k: {"report": reports[k].as_dict(), "margins": outcomes[k].stats.as_dict() if outcomes[k].stats else None,
              "centre_margin": outcomes[k].centre_margin.tolist(), "n_generated": outcomes[k].variant.n_generated,
              "history": [h.__dict__ for h in outcomes[k].variant.history]} for k in order}, indent=1, default=str))
     print("\n".join(md[2:5]))

@@ -18,6 +18,11 @@ Writes Markdown, a PNG and the raw reports (JSON) to `--out`; the evaluation
 state goes to `--out`/state/ (delete it to start over), so an interrupted run
 resumes. Budgets are in [0, 1] pixel units (Linf; L2 for CW and DeepFool).
 About 40 minutes on the 2-core machine with `--n-eval 100 --seeds 0`.
+The host (CPU model, avx2 / avx512f / avx512_bf16 / amx flags, threads) is
+printed first and stored under "host" in reports.json. Everything runs in
+fp32: nothing to skip on a CPU without native bf16.
+
+The full benchmark:
 
     CNNF_DATA_ROOT=../shared/datasets .venv/bin/python benchmarks/robustness_tables.py [--out docs/robustness]
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -37,6 +43,9 @@ from cnnf.plots import accuracy_vs_eps
 from cnnf.report import EvalReport
 from cnnf.tables import checks_table, cnnf_table, fl_table
 from cnnf.train import fit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _host import print_host  # noqa: E402
 
 EPS = 0.1
 GRID = (0.0, 0.025, 0.05, 0.1, 0.15, 0.2)
@@ -51,6 +60,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="attack seeds (mean ± std)")
     parser.add_argument("--out", default="docs/robustness")
     args = parser.parse_args()
+    host = print_host("cpu")
     out = Path(args.out)
     (out / "state").mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -134,7 +144,7 @@ def main() -> None:
     (out / "README.md").write_text("\n".join(md) + "\n")
     accuracy_vs_eps([("CNN", reports["CNN"]), ("CNN-F (avg)", reports["CNN-F (avg)"])], out / "accuracy_vs_eps.png",
                     title="Fashion-MNIST, standard training: end-to-end PGD")
-    (out / "reports.json").write_text(json.dumps({k: r.as_dict() for k, r in {**reports, **{f"FL {k}": v for k, v in fl_reports.items()}}.items()},
+    (out / "reports.json").write_text(json.dumps({"host": host} | {k: r.as_dict() for k, r in {**reports, **{f"FL {k}": v for k, v in fl_reports.items()}}.items()},
                                                  indent=1))
     print("\n".join(md[3:5]))
     print(f"wrote {out}/README.md, accuracy_vs_eps.png, reports.json in {(time.perf_counter() - t_start) / 60:.1f} min")

@@ -53,6 +53,11 @@ printed separately: a one-sweep CLI process pays them once on top. Other
 load on a shared machine slows the trials and the driver; the load average
 before and after each run is printed, so run it alone.
 
+The host (CPU model, avx2 / avx512f / avx512_bf16 / amx flags, CPU count)
+is printed first and stored under "host" in the JSON (read before torch is
+imported, whose import time is one of the figures). Nothing here runs in
+bf16: no rows to skip on a CPU without native bf16.
+
 Diagnostics: `--breakdown` wraps Tune's, the searcher's, the callbacks' and
 MLflow's driver-side functions at run time (both engines) and prints where
 the driver's time goes plus one trial's timeline (actor start, report calls,
@@ -60,7 +65,11 @@ completion); `--what-if reuse_actors no_model_log ...` adds rows for our engine
 with one cost changed at run time (nothing is edited); `--profile DIR` writes
 a cProfile of our engine's driver per workload.
 
-    .venv/bin/python benchmarks/sweep_overhead.py [--trials 16] [--epochs 4] [--work-seconds 4] [--quick] [--json PATH]
+The full benchmark, a smoke run (`--quick`: 4 trials, 2 epochs, ~0.5 s of
+work each; figures meaningless), and a diagnostic run:
+
+    .venv/bin/python benchmarks/sweep_overhead.py [--trials 16] [--epochs 4] [--work-seconds 4] [--json PATH]
+    .venv/bin/python benchmarks/sweep_overhead.py --quick --workloads cpu
     .venv/bin/python benchmarks/sweep_overhead.py --engines ours --breakdown --what-if reuse_actors reuse_actors,no_model_log,no_trial_plot
 """
 
@@ -75,6 +84,7 @@ import math
 import os
 import pstats
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -83,6 +93,9 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _host import print_host  # noqa: E402
 
 KIND = "bench_sweep_overhead"
 METRIC = "val_acc"
@@ -173,10 +186,14 @@ def register_kind() -> None:
 
     if KIND in EXPERIMENTS:
         return
-    extra = {"epochs_path": "epochs"} if "epochs_path" in {f.name for f in fields(ExperimentKind)} else {}
+    types = {f.name: str(f.type) for f in fields(ExperimentKind)}
+    extra = {"epochs_path": "epochs"} if "epochs_path" in types else {}
+    # This kind reports no final metrics. ExperimentKind.final_metrics was a tuple of names and is now
+    # a function of the config returning them (tuning refactor); give whichever form this checkout has.
+    no_final: Any = (lambda cfg: ()) if "Callable" in types["final_metrics"] else ()
     register_experiment(ExperimentKind(
         name=KIND, trainable=bench_trainable, config_cls=BenchConfig,
-        epoch_metrics=(METRIC, "compute_s", "compute_wall_s"), final_metrics=(),
+        epoch_metrics=(METRIC, "compute_s", "compute_wall_s"), final_metrics=no_final,
         preflight=lambda cfg: None, load_model=load_bench_model,
         describe_eval=lambda cfg: f"benchmark metric, {cfg.workload} workload, no evaluation", **extra,
     ))
@@ -655,6 +672,7 @@ def main() -> None:
         args.trials, args.epochs, args.work_seconds = 4, 2, 0.5
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+    host = print_host(with_torch=False)  # before warm_imports, which times importing torch
     print(f"load average before: {_loadavg()}  (cores: {os.cpu_count()}, Ray num_cpus / concurrency: {args.cores})", flush=True)
     imports = warm_imports()
     register_kind()
@@ -714,7 +732,7 @@ def main() -> None:
             pstats.Stats(r["profile"]).sort_stats("cumulative").print_stats(25)
     if args.json:
         args.json.write_text(json.dumps({
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "host": host, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "cpu_count": os.cpu_count(), "matmul_512_cpu_s": matmul_s, "matmuls_per_epoch": per_epoch,
             "imports_s": imports, "rows": rows, "baseline_over_ours": ratios,
         }, indent=2))

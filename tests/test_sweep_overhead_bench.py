@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -23,6 +24,9 @@ def test_sweep_overhead_quick_mode(tmp_path: Path) -> None:
     proc = subprocess.run(
         # One workload (the cpu-bound one, which also checks the compute figures): each
         # sweep starts its own Ray, and the trivial workload only takes 0 matmuls through the same code.
+        # ~45 s on 2 cores, nearly all of it what the benchmark measures: two fresh Ray sessions
+        # (ray.init ~5 s each), a worker process per trial that imports torch, the driver's warmed
+        # imports (~6 s); the trials' own work is 4 x 0.5 s per engine.
         [sys.executable, str(REPO / "benchmarks" / "sweep_overhead.py"), "--quick", "--workloads", "cpu", "--json", str(out)],
         capture_output=True, text=True, timeout=900, cwd=tmp_path,  # not the repo: the Ray workers must not need it as cwd
     )
@@ -41,6 +45,9 @@ def test_sweep_overhead_quick_mode(tmp_path: Path) -> None:
     assert re.search(rf"cpu: baseline / ours overhead per trial = {NUMBER} / {NUMBER} = {NUMBER}x", proc.stdout)
 
     figures = json.loads(out.read_text())
+    # The host is named first (read before torch is imported, whose import time is a figure).
+    assert proc.stdout.startswith("host: ") and figures["host"]["cpu"] in proc.stdout.splitlines()[0]
+    assert figures["host"]["cpus"] == os.cpu_count()
     rows = {(r["engine"], r["workload"]): r for r in figures["rows"]}
     assert set(rows) == set(found)
     for (engine, workload), r in rows.items():
