@@ -123,3 +123,15 @@ def bf16_skip(device: Any, force: bool, what: str = "bf16 rows", announce: bool 
     if announce:
         print(f"skipped: {reason}", flush=True)
     return reason
+
+
+def runnable_precisions(requested: list[str], device: Any, force: bool, what: str) -> tuple[list[str], dict[str, str]]:
+    """The requested precisions (duplicates dropped, order kept) less bf16 where `bf16_skip` skips it,
+    and the skip as the JSON's "skipped" entry ({"bf16": reason}, or {})."""
+    precisions = list(dict.fromkeys(requested))
+    if "bf16" in precisions:
+        reason = bf16_skip(device, force, what)
+        if reason:
+            precisions.remove("bf16")
+            return precisions, {"bf16": reason}
+    return precisions, {}

@@ -53,7 +53,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _host import add_force_bf16, bf16_skip, print_host  # noqa: E402
+from _host import add_force_bf16, print_host, runnable_precisions  # noqa: E402
 from cnnf_throughput import PEAK_SIZE, TRAIN_BATCH, count_flops, make_train_step, matmul_peak  # noqa: E402
 
 from cnnf import fused, native  # noqa: E402
@@ -153,13 +153,7 @@ def main() -> None:
     tune_cpu_allocator()
     cpu = torch.device("cpu")
     host = print_host(cpu)
-    skipped: dict[str, str] = {}
-    precisions = list(dict.fromkeys(args.precision))
-    if "bf16" in precisions:
-        reason = bf16_skip(cpu, args.force_bf16, "bf16 row and the bf16 matmul peak")
-        if reason:
-            skipped["bf16"] = reason
-            precisions.remove("bf16")
+    precisions, skipped = runnable_precisions(args.precision, cpu, args.force_bf16, "bf16 row and the bf16 matmul peak")
     # The fp32 peak always (context); the bf16 one only where the bf16 row runs.
     dtypes = {"fp32": torch.float32} | ({"bf16": torch.bfloat16} if "bf16" in precisions else {})
 

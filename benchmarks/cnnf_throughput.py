@@ -67,7 +67,7 @@ from cnnf.runtime import tune_cpu_allocator
 from cnnf.train import TrainStep, build_optimizer, build_scheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _host, when imported from another benchmark
-from _host import add_force_bf16, bf16_skip, print_host  # noqa: E402
+from _host import add_force_bf16, print_host, runnable_precisions  # noqa: E402
 
 TRAIN_BATCH, INFER_BATCH = 64, 256
 PEAK_SIZE = {"cpu": 2048, "cuda": 8192}  # n of the n x n matmul whose GFLOP/s is the peak
@@ -224,13 +224,7 @@ def main() -> None:
     if on_cpu:
         tune_cpu_allocator()  # as fit() and evaluate() do
     host = print_host(device)
-    skipped: dict[str, str] = {}
-    precisions = list(dict.fromkeys(args.precision))
-    if "bf16" in precisions:
-        reason = bf16_skip(device, args.force_bf16, "bf16 rows and the bf16 matmul peak")
-        if reason:
-            skipped["bf16"] = reason
-            precisions.remove("bf16")
+    precisions, skipped = runnable_precisions(args.precision, device, args.force_bf16, "bf16 rows and the bf16 matmul peak")
     settings = {"precision": args.precision, "kernels": args.kernels if on_cpu else ["eager"], "seconds": args.seconds,
                 "min_rounds": args.min_rounds, "warmup": args.warmup, "peak_seconds": args.peak_seconds, "peak_size": peak_n,
                 "force_bf16": args.force_bf16}
