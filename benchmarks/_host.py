@@ -24,10 +24,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from cnnf.runtime import BF16_ENV, bf16_note, cpu_name
+from cnnf.runtime import BF16_ENV, bf16_note, cpu_flags, cpu_name
 
 # The /proc/cpuinfo flags that decide the matmul speed of fp32 and bf16 here:
 # avx512_bf16 or AMX (amx_tile / amx_bf16) is what makes bf16 native.
@@ -36,17 +35,6 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 # an AVX-512 one, say): printed beside the flags so a figure is not read as the hardware's.
 ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", BF16_ENV)
 FORCE_BF16_FLAG = "--force-bf16"
-
-
-def cpu_flags() -> Optional[frozenset[str]]:
-    """The CPU's feature flags (the first `flags` line of /proc/cpuinfo); None where it cannot be read (not Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return None
 
 
 def describe_host(device: Any = "cpu", with_torch: bool = True) -> dict[str, Any]:

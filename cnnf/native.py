@@ -34,6 +34,7 @@ from typing import ContextManager, Optional
 import torch
 from torch import Tensor
 
+from cnnf.runtime import cpuinfo
 from cnnf.switches import Switch
 
 ENV = "CNNF_NATIVE_KERNELS"
@@ -63,13 +64,8 @@ def _cache_dir() -> Path:
 
 
 def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
+    """What the build depends on of this CPU (-march=native), for the cache key."""
+    return cpuinfo("flags") or platform.processor()
 
 
 def _compiler() -> Optional[str]:

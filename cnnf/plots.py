@@ -7,9 +7,24 @@ changes no global backend or state and works without a display.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from cnnf.report import EvalReport
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def agg_figure(figsize: tuple[float, float]) -> "Figure":
+    """A figure on matplotlib's Agg canvas (no pyplot state); matplotlib is
+    imported here, on the first plot, not with the plotting modules."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
 
 NORM_NAME = {"linf": "L∞", "l2": "L2", "none": "no norm"}
 
@@ -22,11 +37,7 @@ def accuracy_vs_eps(reports: Sequence[tuple[str, EvalReport]], path: str | Path,
         names = ", ".join(name for name, _ in reports) or "none given"
         raise ValueError(f"no accuracy-vs-eps curves to plot: none of the reports ({names}) has curves; "
                          "evaluate with an eps grid to get them")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported on the first plot, not with this module
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 4.8), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = agg_figure((6.4, 4.8))
     ax = fig.add_subplot()
     for name, c in curves:
         acc = [100 * a for a in c.acc]

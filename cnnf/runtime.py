@@ -12,6 +12,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import platform
+from pathlib import Path
+from typing import Optional
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc <malloc.h>
 
@@ -42,18 +45,28 @@ def tune_cpu_allocator() -> bool:
 BF16_ENV = "CNNF_NATIVE_BF16"  # "0" / "1" overrides the detection (tests; a CPU the detection misjudges)
 
 
-def cpu_name() -> str:
-    """The CPU's model name as lscpu prints it (/proc/cpuinfo), for naming the host beside a figure."""
-    import platform
-    from pathlib import Path
-
+def cpuinfo(field: str) -> Optional[str]:
+    """The value of `field` ("model name", "flags", ...) in the first CPU's
+    block of /proc/cpuinfo; None where it cannot be read (not Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
+            name, sep, value = line.partition(":")
+            if sep and name.strip() == field:
+                return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name as lscpu prints it, for naming the host beside a figure."""
+    return cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> Optional[frozenset[str]]:
+    """The CPU's feature flags (avx2, avx512_bf16, amx_tile, ...); None where /proc/cpuinfo cannot be read."""
+    flags = cpuinfo("flags")
+    return None if flags is None else frozenset(flags.split())
 
 
 _ONEDNN_BELOW_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"})

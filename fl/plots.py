@@ -9,20 +9,11 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 from torch import Tensor
 
+from cnnf.plots import agg_figure
 from fl.stats import MarginStats
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-
-def _figure(figsize: tuple[float, float]) -> "Figure":
-    """A figure on matplotlib's Agg canvas; matplotlib is imported here, on the first plot, not with this module."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -40,7 +31,7 @@ def margin_heatmap(stats: Sequence[tuple[str, MarginStats]], path: str | Path, *
     if not stats:
         raise ValueError("margin_heatmap: no statistics to plot")
     n = len(stats)
-    fig = _figure(figsize=(5.2 * n, 4.8))
+    fig = agg_figure((5.2 * n, 4.8))
     top = max(s.max_margin for _, s in stats)
     for i, (name, s) in enumerate(stats):
         ax = fig.add_subplot(1, n, i + 1)
@@ -69,7 +60,7 @@ def class_robustness(stats: Sequence[tuple[str, MarginStats]], path: str | Path,
     drawn at the top of the axis and marked."""
     if not stats:
         raise ValueError("class_robustness: no statistics to plot")
-    fig = _figure(figsize=(7.0, 4.0))
+    fig = agg_figure((7.0, 4.0))
     ax = fig.add_subplot()
     c = stats[0][1].n_classes
     finite = [v for _, s in stats for v in s.class_robustness.tolist() if math.isfinite(v)]
@@ -100,7 +91,7 @@ def class_centres(images: Tensor, margins: Sequence[tuple[str, Sequence[float]]]
     n = len(images)
     if n == 0:
         raise ValueError("class_centres: no images to plot")
-    fig = _figure(figsize=(max(1.3, 0.4 * len(margins) + 0.5) * n, 1.9))
+    fig = agg_figure((max(1.3, 0.4 * len(margins) + 0.5) * n, 1.9))
     for c in range(n):
         ax = fig.add_subplot(1, n, c + 1)
         img = images[c].detach().cpu().float()
