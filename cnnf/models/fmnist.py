@@ -1,9 +1,11 @@
 """The two Fashion-MNIST CNN-Fs of the paper and their plain CNNs.
 
 Standard training (Appendix B.1): Conv(32, 3x3) IN AdaReLU, Conv(64, 3x3)
-IN AdaReLU, AdaPool 2x2, FC(128) AdaReLU, FC(10). The convolutions are
-unpadded (28 -> 26 -> 24 -> pool 12, so FC 9216 -> 128), the layout of the
-classic PyTorch MNIST network that the paper's layer list matches; ~1.2M
+IN AdaPool 2x2, FC(128) AdaReLU, FC(10). After the second convolution the
+AdaPool is the nonlinearity: there is no AdaReLU between its instance norm
+and the pool (cnnf-spec "Architectures"). The convolutions are unpadded
+(28 -> 26 -> 24 -> pool 12, so FC 9216 -> 128), the layout of the classic
+PyTorch MNIST network that the paper's layer list matches; ~1.2M
 parameters.
 
 Adversarial training (Appendix B.2, the released model): Conv 1->16,
@@ -11,9 +13,11 @@ Adversarial training (Appendix B.2, the released model): Conv 1->16,
 bias, AdaReLU), AdaPool, FC 3136->1000 AdaReLU, FC 128 AdaReLU, FC 10;
 ~3.3M parameters, ~17.8M MACs per image and forward pass.
 
-Feedback levels (`ind`): 0 = image, 1 = after relu1, 2 = after relu2. The
-B.2 model also carries reconstruction losses at levels 3 and 4, the
-AdaReLU outputs before the two AdaPools (cnnf-spec "Architectures").
+Feedback levels (`ind`): 0 = image, 1 = after relu1, 2 = after relu2 (B.2)
+or, in B.1, the AdaPool's input (the second IN + bias output; B.1 has no
+relu2). In both models level 2 is the map the second convolution block hands
+upward. The B.2 model also carries reconstruction losses at levels 3 and 4,
+the AdaReLU outputs before the two AdaPools (cnnf-spec "Architectures").
 """
 
 from __future__ import annotations
@@ -58,6 +62,23 @@ class ConvStage(Stage):
 
     def gate(self, s: Tensor, record: ConvRecord) -> Tensor:
         return CF.ada_relu_feedback(s, record.gate)
+
+
+class ConvNormStage(Stage):
+    """conv -> IN + bias, no gate (B.1's second convolution: the AdaPool of
+    the next stage is its nonlinearity); feedback: conv^T [-> IN]."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int):
+        super().__init__()
+        self.conv = TiedConv2d(in_channels, out_channels, kernel_size, padding=padding)
+        self.norm = InstanceNormBias(out_channels)
+
+    def forward(self, x: Tensor, signals: None, eta: float) -> tuple[Tensor, tuple[int, int]]:
+        return self.norm(self.conv(x)), (x.shape[-2], x.shape[-1])
+
+    def feedback(self, s: Tensor, record: tuple[int, int], final: bool) -> tuple[Tensor, None]:
+        v = self.conv.feedback(s, record)
+        return (v if final else CF.l2_instance_norm(v)), None
 
 
 class PoolConvRecord(NamedTuple):
@@ -168,7 +189,7 @@ def standard_backbone(
     c1, c2, fc = widths
     stages = [
         ConvStage(in_channels, c1, 3, padding=0),  # level 0 -> 1, 28 -> 26
-        ConvStage(c1, c2, 3, padding=0),  # level 1 -> 2, 26 -> 24
+        ConvNormStage(c1, c2, 3, padding=0),  # level 1 -> 2, 26 -> 24, no AdaReLU: the AdaPool follows
         PoolFCStage(c2, 12, fc),  # level 2 -> 3, 24 -> 12 -> fc
         LinearStage(fc, n_classes),  # level 3 -> logits
     ]

@@ -1,14 +1,15 @@
 """A small MNIST CNN-F and its plain CNN, the workload of feedback learning.
 
 The B.1 layout with a quarter of the width: Conv(8, 3x3) IN AdaReLU,
-Conv(16, 3x3) IN AdaReLU, AdaPool 2x2, FC(64) AdaReLU, FC(10); unpadded
+Conv(16, 3x3) IN, AdaPool 2x2, FC(64) AdaReLU, FC(10); unpadded
 (28 -> 26 -> 24 -> pool 12, so FC 2304 -> 64); ~150k parameters and
 ~0.86M MACs per image and forward pass, 22x fewer than B.1.
 
 The feedback-learning boundary search runs about 39,000 forward passes per
 MNIST sample, so its cost is this model's inference throughput (fl-spec
 "Cost"); the paper does not give its MNIST architecture. Feedback levels as
-in B.1: 0 = image, 1 = after relu1, 2 = after relu2.
+in B.1: 0 = image, 1 = after relu1, 2 = the AdaPool's input (the second
+IN + bias output).
 """
 
 from __future__ import annotations
