@@ -162,7 +162,7 @@ def make_train_step(arch: str, n_iterations: int, precision: str, device: torch.
     torch.manual_seed(0)
     net = create_model(arch, ind=ind).to(device)
     optimizer = build_optimizer(net, tc)
-    step = TrainStep(net, tc, optimizer, build_scheduler(optimizer, tc, 10**6))
+    step = TrainStep(net, tc, optimizer, build_scheduler(optimizer, tc, 10**6), "fashion-mnist")
     x = (torch.rand(batch, 1, 28, 28) * 2 - 1).to(device)
     y = torch.randint(0, 10, (batch,)).to(device)
     g = torch.Generator(device=device).manual_seed(0)

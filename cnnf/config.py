@@ -58,9 +58,15 @@ class ModelConfig:
     # Intermediate levels that also carry a reconstruction loss; None: the
     # architecture's default (B.2: 3 and 4, WRN: the three group outputs).
     recon_levels: Optional[tuple[int, ...]] = None
+    # Weight initialisation: "reference" (the authors' code: He-normal convs with
+    # std sqrt(2 / (k k C_out)), FC biases 0) or "torch" (PyTorch's default uniform
+    # init for every conv and FC, the behaviour before reference init became the default)
+    init: Literal["reference", "torch"] = "reference"
 
     def __post_init__(self) -> None:
         from cnnf.models import model_entry, model_names
+
+        require(self.init in ("reference", "torch"), "init", f"expected reference or torch, got {self.init!r}")
 
         require(self.arch in model_names(), "arch", f"unknown model {self.arch!r}; expected one of: {', '.join(model_names())}")
         meta = model_entry(self.arch).meta
@@ -99,7 +105,7 @@ class TrainConfig:
     recon_coef: float = 0.1  # weight of the reconstruction terms (lambda)
     adv_eps_linf: float = 0.0  # [0, 1] pixel units; > 0: PGD adversarial training against the first pass
     adv_steps: int = 7
-    adv_step_linf: Optional[float] = None  # [0, 1] pixel units; None: 0.355 * adv_eps_linf (B.2: 0.071 for eps 0.2 in code units)
+    adv_step_linf: Optional[float] = None  # [0, 1] pixel units; None: the paper's per dataset (B.2: 0.355 eps Fashion-MNIST, 0.319 eps CIFAR-10)
     augment: Literal["none", "crop_flip"] = "none"  # crop_flip: random crop (pad 4) + horizontal flip (CIFAR)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls/convs to bfloat16, weights and optimizer stay fp32
     # fused: the instance norms and AdaReLUs as compiled CPU kernels (cnnf.fused, ~5 s to
@@ -108,6 +114,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     init_from_cnn: bool = False  # start from the plain CNN of the same backbone, trained with these settings (0 iterations)
+    # once: FC and FC^T share one parameter, weight decay applies once. reference: the
+    # authors' tying through `.data` (a second parameter on the same storage): weight
+    # decay twice on FC weights, clipping and Adam moments see the two gradients apart
+    fc_weight_decay: Literal["once", "reference"] = "once"
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
@@ -123,6 +133,7 @@ class TrainConfig:
         require(0.0 <= self.adv_eps_linf <= 1.0, "adv_eps_linf", f"must be in [0, 1] pixel units, got {self.adv_eps_linf}")
         require(self.adv_steps >= 1, "adv_steps", f"must be >= 1, got {self.adv_steps}")
         require(self.adv_step_linf is None or self.adv_step_linf > 0, "adv_step_linf", f"must be > 0, got {self.adv_step_linf}")
+        require(self.fc_weight_decay in ("once", "reference"), "fc_weight_decay", f"expected once or reference, got {self.fc_weight_decay!r}")
         require(self.kernels in ("auto", "fused", "eager"), "kernels", f"expected auto, fused or eager, got {self.kernels!r}")
         require(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),

@@ -9,13 +9,27 @@ forward produced. All per-iteration state travels in return values.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnf import functional as CF
+
+# Weight initialisations (`ModelConfig.init`):
+#   reference: the authors' code (cnnf/layers.py there): convolutions He-normal
+#       with std sqrt(2 / (k * k * C_out)), FC weights PyTorch's default
+#       (kaiming-uniform, bound 1 / sqrt(fan_in)), FC biases 0;
+#   torch: PyTorch's default for nn.Conv2d / nn.Linear: kaiming-uniform weights
+#       (bound 1 / sqrt(fan_in)) and uniform FC biases in the same bound.
+# The instance-norm biases start at 0 under both (Appendix A.4).
+INITS = ("reference", "torch")
+
+
+def _check_init(scheme: str) -> None:
+    if scheme not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {scheme!r}")
 
 
 class TiedConv2d(nn.Module):
@@ -25,7 +39,16 @@ class TiedConv2d(nn.Module):
         super().__init__()
         self.stride, self.padding = stride, padding
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, scheme: str = "reference") -> None:
+        _check_init(scheme)
+        if scheme == "reference":  # He-normal over the fan-out, as the reference
+            out_channels, _, kh, kw = self.weight.shape
+            self.weight.normal_(0.0, math.sqrt(2.0 / (kh * kw * out_channels)))
+        else:
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.weight, None, self.stride, self.padding)
@@ -38,22 +61,81 @@ class TiedLinear(nn.Module):
     """Linear layer whose feedback is z @ W with the same W (bias is forward-only).
 
     One parameter serves both directions, so weight decay applies to it once
-    (the reference ties through `.data` and in effect doubles it).
+    (the reference ties through `.data` and in effect doubles it). For a
+    like-for-like reproduction `untie_fc_feedback` gives the feedback its own
+    leaf tensor on the same storage, as the reference does (see there).
     """
+
+    feedback_weight: Optional[Tensor] = None  # set by untie_fc_feedback
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        bound = 1 / math.sqrt(in_features)
-        nn.init.uniform_(self.bias, -bound, bound)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, scheme: str = "reference") -> None:
+        _check_init(scheme)
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # PyTorch's default under both
+        if scheme == "reference":
+            self.bias.zero_()
+        else:
+            bound = 1 / math.sqrt(self.weight.shape[1])
+            self.bias.uniform_(-bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight, self.bias)
 
     def feedback(self, s: Tensor) -> Tensor:
-        return CF.tied_linear_transpose(s, self.weight)
+        return CF.tied_linear_transpose(s, self.weight if self.feedback_weight is None else self.feedback_weight)
+
+
+def untie_fc_feedback(model: nn.Module) -> list[Tensor]:
+    """The reference's FC tying (`train.fc_weight_decay: reference`).
+
+    The reference keeps FC^T as a second parameter whose `.data` is a view of
+    the forward weight, so both receive optimizer steps on one storage: the
+    feedback's gradient goes to the second parameter, weight decay applies to
+    both (twice on the shared values), gradient clipping counts the two
+    gradients separately (|g_fwd|^2 + |g_fb|^2 instead of |g_fwd + g_fb|^2), and
+    Adam keeps separate moments. Here each TiedLinear's feedback gets a leaf
+    tensor on the weight's storage (untransposed: every optimizer in torch is
+    elementwise, so the transposition changes nothing); pass the returned
+    tensors to the optimizer and the gradient clip with the parameters. They
+    are not parameters: state dicts are unchanged. `retie_fc_feedback` undoes it.
+    """
+    aliases = []
+    for module in model.modules():
+        if isinstance(module, TiedLinear):
+            if module.feedback_weight is None:
+                module.feedback_weight = module.weight.detach().requires_grad_(True)
+            aliases.append(module.feedback_weight)
+    return aliases
+
+
+def fc_feedback_aliases(model: nn.Module) -> list[Tensor]:
+    """The feedback tensors `untie_fc_feedback` created (empty when tied)."""
+    return [m.feedback_weight for m in model.modules() if isinstance(m, TiedLinear) and m.feedback_weight is not None]
+
+
+def retie_fc_feedback(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, TiedLinear):
+            module.feedback_weight = None
+
+
+def initialize(model: nn.Module, scheme: str) -> nn.Module:
+    """Re-draws every tied conv and FC of `model` with `scheme` (see INITS), in
+    module order, and zeroes the instance-norm biases; returns the model."""
+    _check_init(scheme)
+    for module in model.modules():
+        if isinstance(module, (TiedConv2d, TiedLinear)):
+            module.reset_parameters(scheme)
+        elif isinstance(module, InstanceNormBias):
+            with torch.no_grad():
+                module.bias.zero_()
+    return model
 
 
 class InstanceNormBias(nn.Module):

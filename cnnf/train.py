@@ -27,11 +27,10 @@ from cnnf import fused
 from cnnf.attacks import LinfPGDAttack
 from cnnf.config import ExperimentConfig, TrainConfig
 from cnnf.data import ArrayDataset, DataSplits, dataset_info, random_crop_flip
+from cnnf.layers import fc_feedback_aliases, retie_fc_feedback, untie_fc_feedback
 from cnnf.models import FeedbackNet, InferenceModel, adversarial_cnnf_loss, cnnf_loss, create_model
 from cnnf.runtime import tune_cpu_allocator
 
-# B.2: PGD step 0.071 for eps 0.2 (code units), the same ratio for CIFAR (0.02 / 0.063 ~ 0.32).
-ADV_STEP_RATIO = 0.071 / 0.2
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,7 @@ def transfer_source(cfg: ExperimentConfig) -> ExperimentConfig:
     only in them share one source."""
     from cnnf.config import ModelConfig, plain_twin
 
-    model = ModelConfig(arch=plain_twin(cfg.model.arch))
+    model = ModelConfig(arch=plain_twin(cfg.model.arch), init=cfg.model.init)
     train = dataclasses.replace(cfg.train, n_iterations=0, init_from_cnn=False, recon_coef=0.0, clean_coef=1.0)
     return dataclasses.replace(cfg, model=model, train=train, eval=dataclasses.replace(cfg.eval, n_iterations=None))
 
@@ -131,7 +130,7 @@ def transfer_source(cfg: ExperimentConfig) -> ExperimentConfig:
 def build_model(cfg: ExperimentConfig) -> FeedbackNet:
     """An untrained model for cfg.model, sized for cfg.data's dataset."""
     return create_model(
-        cfg.model.arch, ind=cfg.model.ind, step_size=cfg.model.step_size, recon_levels=cfg.model.recon_levels,
+        cfg.model.arch, init=cfg.model.init, ind=cfg.model.ind, step_size=cfg.model.step_size, recon_levels=cfg.model.recon_levels,
         in_channels=dataset_info(cfg.data.dataset).input_shape[0], n_classes=dataset_info(cfg.data.dataset).n_classes,
     )
 
@@ -147,10 +146,18 @@ def accuracy(predict: torch.nn.Module, data: ArrayDataset, batch_size: int = 512
 
 def build_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
     """Adam (B.1) or SGD with momentum (B.2); weight decay once per parameter
-    (the tied feedback shares each weight, it is not a second copy)."""
+    (the tied feedback shares each weight, it is not a second copy), unless
+    the model's FC feedback was untied to the reference's second parameters
+    (`train.fc_weight_decay: reference`), which the optimizer then steps too."""
+    params = trainable_tensors(model)
     if tc.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+
+
+def trainable_tensors(model: torch.nn.Module) -> list[Tensor]:
+    """The parameters and, under the reference FC tying, the feedback's own tensors."""
+    return list(model.parameters()) + fc_feedback_aliases(model)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, tc: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -161,6 +168,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, tc: TrainConfig, total_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
+def adv_step_linf(tc: TrainConfig, dataset: str) -> float:
+    """The PGD step of adversarial training in [0, 1] pixel units: the
+    configured one, else the paper's for the dataset (Appendix B.2: 0.355 eps
+    for Fashion-MNIST, 0.319 eps for CIFAR-10, i.e. 0.071 and 0.02 in [-1, 1]
+    units at the paper's budgets)."""
+    if tc.adv_step_linf is not None:
+        return tc.adv_step_linf
+    return dataset_info(dataset).adv_step_ratio * tc.adv_eps_linf
+
+
 class TrainStep:
     """One optimisation step on a batch, standard or adversarial.
 
@@ -168,16 +185,17 @@ class TrainStep:
     """
 
     def __init__(self, model: FeedbackNet, tc: TrainConfig, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler):
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, dataset: str):
         self.model, self.tc, self.optimizer, self.scheduler = model, tc, optimizer, scheduler
         self.device_type = next(model.parameters()).device.type
         if self.device_type == "cpu":
             tune_cpu_allocator()
         self.attack = None
         if tc.adv_eps_linf > 0:
-            step = tc.adv_step_linf if tc.adv_step_linf is not None else ADV_STEP_RATIO * tc.adv_eps_linf
+            step = adv_step_linf(tc, dataset)
             self.attack = LinfPGDAttack(tc.adv_eps_linf, tc.adv_steps, step, random_start=True, track_success=False)
         self.first_pass = InferenceModel(model, 0, "first")
+        self.trainable = trainable_tensors(model)
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.tc.precision == "bf16")
@@ -203,7 +221,7 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.trainable, tc.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         n = len(y)
@@ -236,6 +254,8 @@ def fit(
     if init is not None:
         model.load_state_dict(init)
     model = model.to(device)
+    if tc.fc_weight_decay == "reference":
+        untie_fc_feedback(model)  # after .to(): the aliases must share the device copy's storage
     train, val = splits.train.to(device), splits.val.to(device)
     steps_per_epoch = -(-len(train) // tc.batch_size)
     optimizer = build_optimizer(model, tc)
@@ -251,7 +271,7 @@ def fit(
             torch.set_rng_state(resume.rng)
         history, start_epoch = list(resume.history), resume.epoch
 
-    step = TrainStep(model, tc, optimizer, scheduler)
+    step = TrainStep(model, tc, optimizer, scheduler, cfg.data.dataset)
     scored = InferenceModel(model, cfg.eval_iterations, cfg.eval.prediction)
     kernels = fused.choose(tc.kernels, device, tc.epochs * steps_per_epoch, fused.AUTO_MIN_STEPS)
     with fused.use_kernels(kernels):
@@ -280,4 +300,5 @@ def fit(
                                       list(history), copy.deepcopy(scheduler.state_dict()), torch.get_rng_state())
                 callback(result, snapshot)
     model.eval()
+    retie_fc_feedback(model)  # the trained model uses its one weight both ways again (same values)
     return FitResult(model, tuple(history), device)

@@ -39,8 +39,16 @@ def model_entry(name: str) -> Entry[FeedbackNet]:
     return MODELS.get(name)
 
 
-def create_model(name: str, **kwargs: Any) -> FeedbackNet:
-    return MODELS.create(name, **kwargs)
+def create_model(name: str, init: str = "reference", **kwargs: Any) -> FeedbackNet:
+    """The registered model `name` built with kwargs and initialised with
+    `init` ("reference": the authors' He-normal convolutions and zero FC
+    biases, which the layers draw when built; "torch": PyTorch's defaults)."""
+    from cnnf.layers import INITS, initialize
+
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    net = MODELS.create(name, **kwargs)
+    return net if init == "reference" else initialize(net, init)
 
 
 def model_names() -> list[str]:

@@ -169,7 +169,7 @@ def test_wrn_training_steps_lower_the_loss(arch: str, ind: int, n_iterations: in
     net = create_model(arch, ind=ind).train()
     tc = TrainConfig(batch_size=4, n_iterations=n_iterations, lr=3e-3, device="cpu")
     optimizer = build_optimizer(net, tc)
-    step = TrainStep(net, tc, optimizer, build_scheduler(optimizer, tc, 10))
+    step = TrainStep(net, tc, optimizer, build_scheduler(optimizer, tc, 10), "cifar10")
     gen = torch.Generator().manual_seed(0)
     x, y = torch.rand(4, 3, 32, 32, generator=gen) * 2 - 1, torch.arange(4)
     ce = [step(x, y, gen)[1].item() / 4 for _ in range(10)]
