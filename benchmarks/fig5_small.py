@@ -120,6 +120,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     g.add_argument("--eval-iterations", type=int, default=None, help="test-time iterations of every CNN-F (default: its training k)")
     g.add_argument("--eps", default=None, help="comma-separated eps in [0, 1] pixel units")
     g.add_argument("--pgd-steps", type=int, default=40)
+    g.add_argument("--pgd-step", default="paper",
+                   help="PGD step in [0, 1] pixel units: 'paper' = 0.01 at every eps (Appendix B.1: 0.02 in [-1, 1]), "
+                        "'scaled' = 2.5 eps / steps (the sweep's eval default), or a number")
     g.add_argument("--n-test", type=int, default=None, help="stratified test subset for clean / first-pass attacks")
     g.add_argument("--n-test-e2e", type=int, default=None, help="nested subset for end-to-end attacks on the CNN-Fs")
     g.add_argument("--eval-batch-size", type=int, default=128, help="attack/scoring batch; on CPU very large batches slow the deep unrolls")
@@ -133,6 +136,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.pgd_step not in ("paper", "scaled"):
+        try:
+            if float(args.pgd_step) <= 0:
+                raise ValueError
+        except ValueError:
+            p.error(f"--pgd-step must be 'paper', 'scaled' or a positive number, got {args.pgd_step!r}")
     args.eps_list = parse_floats(args.eps)
     args.train_k = sorted(set(parse_ints(args.train_iterations)))
     args.iter_e2e_list = parse_ints(args.iter_e2e_ts)
@@ -221,10 +230,22 @@ def prediction_at(logits: Tensor, t: int, mode: str) -> Tensor:
     raise ValueError(mode)
 
 
-def make_attack(kind: str, eps: float, pgd_steps: int, seed: int) -> LinfPGDAttack:
+PAPER_PGD_STEP = 0.01  # Appendix B.1: 0.02 in [-1, 1] units at every eps
+
+
+def pgd_step(choice: str, eps: float, pgd_steps: int) -> float:
+    """The PGD step in [0, 1] pixel units for --pgd-step."""
+    if choice == "paper":
+        return PAPER_PGD_STEP
+    if choice == "scaled":
+        return 2.5 * eps / pgd_steps
+    return float(choice)
+
+
+def make_attack(kind: str, eps: float, args: argparse.Namespace) -> LinfPGDAttack:
     if kind == "fgsm":  # one signed-gradient step of size eps from the clean image
-        return LinfPGDAttack(eps, 1, eps, random_start=False, seed=seed)
-    return LinfPGDAttack(eps, pgd_steps, None, random_start=True, seed=seed)  # step 2.5 eps / steps
+        return LinfPGDAttack(eps, 1, eps, random_start=False, seed=args.seed)
+    return LinfPGDAttack(eps, args.pgd_steps, pgd_step(args.pgd_step, eps, args.pgd_steps), random_start=True, seed=args.seed)
 
 
 def craft(attack: LinfPGDAttack, predict: Callable[[Tensor], Tensor], data: ArrayDataset, batch_size: int,
@@ -264,7 +285,8 @@ class Runner:
                 "first": "attack the gradient of the first forward pass, score with the model's prediction",
                 "e2e": "attack end to end through the scored prediction (for the plain CNN, first = e2e)",
                 "fgsm": "1 step of size eps, no random start",
-                "pgd": "pgd_steps steps of size 2.5 eps / steps, random start",
+                "pgd": ("pgd_steps steps of 0.01 pixel units (0.02 in [-1, 1], Appendix B.1) at every eps, random start"
+                        if args.pgd_step == "paper" else f"pgd_steps steps, step {args.pgd_step} (see --pgd-step), random start"),
                 "test_subsets": "seeded stratified subsets of the test split; the e2e subsets are nested in the n_test subset",
             },
             "models": {},
@@ -339,7 +361,7 @@ class Runner:
                     self.record(name, "clean", 0.0, "e2e", clean_ok[self.e2e_idx], None, 0.0)
                 for kind in ("fgsm", "pgd"):
                     for eps in eps_attacked:
-                        attack = make_attack(kind, eps, a.pgd_steps, a.seed)
+                        attack = make_attack(kind, eps, a)
                         label = f"{name} {kind} eps={eps:g}"
                         t1 = time.perf_counter()
                         task = progress.add_task(f"{label} first", total=len(self.test_n))
@@ -391,7 +413,7 @@ class Runner:
                 x_adv = self.first_cache[key]
             else:
                 task = progress.add_task(f"{name} pgd eps={a.iter_eps:g} first", total=len(self.test_n))
-                x_adv = craft(make_attack("pgd", a.iter_eps, a.pgd_steps, a.seed), InferenceModel(net, 0, "first"),
+                x_adv = craft(make_attack("pgd", a.iter_eps, a), InferenceModel(net, 0, "first"),
                               self.test_n, a.eval_batch_size, a.seed, lambda n: progress.advance(task, n))
                 progress.remove_task(task)
             adv = all_logits(net, x_adv, T, a.eval_batch_size)
@@ -408,7 +430,7 @@ class Runner:
             t_first = time.perf_counter() - t0
             e2e_rows = []
             sub, sub_idx = stratified_subset(self.test_n, a.n_iter_e2e, a.seed + 2)
-            attack = make_attack("pgd", a.iter_eps, a.pgd_steps, a.seed)
+            attack = make_attack("pgd", a.iter_eps, a)
             for t in a.iter_e2e_list:
                 t1 = time.perf_counter()
                 target = InferenceModel(net, t, a.prediction if t > 0 else "first")

@@ -38,7 +38,7 @@ class SearchConfig:
     correct_only: bool = True  # draw samples from correctly classified training images (Algorithm 1)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast the forward passes (an approximation, measured)
     channels_last: bool = True  # memory layout of the batched forward passes (same math, faster convolutions)
-    clip: bool = False  # clip search points (and generated examples) to the pixel range; He et al. and the paper do not
+    clip: bool = False  # clip search points (and generated examples) to the pixel range, as He et al.'s search does (gxr3.py); off here (docs/deviations.md)
     # Points per forward call; None: 512 on a CPU (measured on 2 cores: 2.9x
     # the images/s of 2048, which spills the caches), 16384 on a GPU.
     batch_size: Optional[int] = None
