@@ -112,6 +112,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     g.add_argument("--weight-decay", type=float, default=5e-4)
     g.add_argument("--recon-coef", type=float, default=0.1)
     g.add_argument("--step-size", type=float, default=0.1, help="eta of the online update")
+    g.add_argument("--init", choices=("reference", "torch"), default="reference",
+                   help="weight initialisation (model.init): the authors' He-normal convs and zero FC biases, or PyTorch's default")
     g.add_argument("--seed", type=int, default=0, help="training, split and attack seed")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
@@ -188,7 +190,7 @@ def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
 
 def experiment_config(args: argparse.Namespace, spec: ModelSpec) -> ExperimentConfig:
     data = DataConfig(dataset=args.dataset, root=args.data_root, val_fraction=args.val_fraction, split_seed=args.seed, n_train=args.n_train)
-    model = ModelConfig(arch=spec.arch, ind=0, step_size=args.step_size)
+    model = ModelConfig(arch=spec.arch, ind=0, step_size=args.step_size, init=args.init)
     train = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         n_iterations=spec.train_iterations, clean_coef=1.0, recon_coef=args.recon_coef, seed=args.seed, device=args.device,
