@@ -9,6 +9,7 @@ them into the [-1, 1] model-input units once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Literal, Optional
 
@@ -17,6 +18,8 @@ from cnnf.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, T
 
 CPU_BATCH, GPU_BATCH = 512, 16384
 
+
+MAX_STEPS = 100_000  # steps per search direction; He et al.'s grids use 25-63
 
 @dataclass(frozen=True)
 class SearchConfig:
@@ -32,7 +35,10 @@ class SearchConfig:
     n_samples: int = 1500  # searched training samples, stratified over the classes
     n_directions: Optional[int] = None  # random orthogonal directions; None: the input dimension (784 on MNIST)
     step: float = 0.02  # pixel units per step (MNIST)
-    max_margin: float = 0.5  # the search range: half the pixel range
+    # The search range: half the pixel range. The scan visits k * step for
+    # k = 1..floor(max_margin / step) (He et al.'s CIFAR-10 grid, step 2/255 and
+    # range 0.5, ends at 126/255); a search without a flip counts as max_margin.
+    max_margin: float = 0.5
     mode: Literal["exact", "coarse_to_fine"] = "exact"
     coarse_factor: int = 5  # coarse_to_fine: fine steps per coarse step
     correct_only: bool = True  # draw samples from correctly classified training images (Algorithm 1)
@@ -51,13 +57,14 @@ class SearchConfig:
         require(self.step > 0, "step", f"must be > 0, got {self.step}")
         require(self.max_margin >= self.step, "max_margin", f"must be >= step ({self.step}), got {self.max_margin}")
         ratio = self.max_margin / self.step
-        require(abs(ratio - round(ratio)) < 1e-6, "max_margin", f"must be a whole number of steps of {self.step}, got {self.max_margin}")
+        require(math.isfinite(ratio) and ratio <= MAX_STEPS, "max_margin",
+                f"must be at most {MAX_STEPS} steps of {self.step}, got {self.max_margin} ({ratio:.3g} steps)")
         require(self.coarse_factor >= 2, "coarse_factor", f"must be >= 2, got {self.coarse_factor}")
         require(self.batch_size is None or self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
 
     @property
     def max_steps(self) -> int:
-        return int(round(self.max_margin / self.step))
+        return int(math.floor(self.max_margin / self.step + 1e-6))  # 1e-6: 0.3 / 0.02 is 14.999...
 
     def batch_for(self, device_type: str) -> int:
         """The points per forward call on this device type."""

@@ -76,7 +76,8 @@ def test_retrain_experiment_keeps_the_base_training_unless_set() -> None:
     ({"n_directions": 0}, "n_directions"),
     ({"step": 0.0}, "step"),
     ({"max_margin": 0.01}, "max_margin"),  # below one step
-    ({"max_margin": 0.51}, "max_margin"),  # not a whole number of steps
+    ({"step": 1e-6, "max_margin": 0.5}, "max_margin"),  # 500,000 steps per direction
+    ({"step": 1e-308, "max_margin": 1e308}, "max_margin"),  # an infinite number of steps
     ({"coarse_factor": 1}, "coarse_factor"),
     ({"batch_size": 0}, "batch_size"),
 ])
@@ -88,6 +89,17 @@ def test_search_max_steps() -> None:
     assert SearchConfig().max_steps == 25
     assert SearchConfig(step=0.05, max_margin=0.3).max_steps == 6
     assert SearchConfig(step=0.1, max_margin=0.1).max_steps == 1
+    assert SearchConfig(step=0.02, max_margin=0.3).max_steps == 15  # 0.3 / 0.02 = 14.999... in floating point
+
+
+def test_he_et_al_cifar_grid_is_accepted() -> None:
+    """He et al.'s CIFAR-10 search (cifar10/gxr3.py): step 2/255 over the range
+    0.5, i.e. 63 steps up to 126/255; a range that is not a whole number of
+    steps scans the steps that fit inside it."""
+    cifar = SearchConfig(step=2 / 255, max_margin=0.5)
+    assert cifar.max_steps == 63
+    assert cifar.max_steps * cifar.step == pytest.approx(126 / 255)
+    assert SearchConfig(max_margin=0.51).max_steps == 25
 
 
 @pytest.mark.parametrize("kw, field", [

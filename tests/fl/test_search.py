@@ -226,6 +226,20 @@ def test_known_answers_at_another_step_and_range() -> None:
     assert (k - k.round()).abs().max() < 1e-5 and k.round().min() >= 1 and k.round().max() <= 6
 
 
+def test_range_that_is_not_a_whole_number_of_steps() -> None:
+    """He et al.'s CIFAR grid has this form (step 2/255, range 0.5: 63 steps to
+    126/255). Here step 0.07 over 0.3: the scan visits 0.07 .. 0.28 (4 steps),
+    as the naive loop does, and a search without a flip counts as the range."""
+    c = linear_case()
+    m = scan(c.model, c.x, c.y, c.directions, cfg(step=0.07, max_margin=0.3))
+    naive = naive_scan(c.model, c.x, c.y, c.directions, 0.07, 4)
+    flipped = naive.adjacent != NA
+    assert flipped.any() and (~flipped).any()
+    assert torch.equal(m.adjacent, naive.adjacent)
+    assert torch.equal(m.margin[flipped], naive.margin[flipped])
+    assert (m.margin[~flipped] == 0.3).all() and m.max_margin == 0.3
+
+
 @pytest.mark.parametrize("coarse_factor", [3, 5])
 @pytest.mark.parametrize("n_classes", [2, 4])
 def test_coarse_to_fine_is_exact_on_a_linear_classifier(n_classes: int, coarse_factor: int) -> None:
