@@ -27,7 +27,7 @@ from cnnf import functional as CF
 INITS = ("reference", "torch")
 
 
-def _check_init(scheme: str) -> None:
+def check_init(scheme: str) -> None:
     if scheme not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {scheme!r}")
 
@@ -43,7 +43,7 @@ class TiedConv2d(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, scheme: str = "reference") -> None:
-        _check_init(scheme)
+        check_init(scheme)
         if scheme == "reference":  # He-normal over the fan-out, as the reference
             out_channels, _, kh, kw = self.weight.shape
             self.weight.normal_(0.0, math.sqrt(2.0 / (kh * kw * out_channels)))
@@ -76,7 +76,7 @@ class TiedLinear(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, scheme: str = "reference") -> None:
-        _check_init(scheme)
+        check_init(scheme)
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # PyTorch's default under both
         if scheme == "reference":
             self.bias.zero_()
@@ -128,7 +128,7 @@ def retie_fc_feedback(model: nn.Module) -> None:
 def initialize(model: nn.Module, scheme: str) -> nn.Module:
     """Re-draws every tied conv and FC of `model` with `scheme` (see INITS), in
     module order, and zeroes the instance-norm biases; returns the model."""
-    _check_init(scheme)
+    check_init(scheme)
     for module in model.modules():
         if isinstance(module, (TiedConv2d, TiedLinear)):
             module.reset_parameters(scheme)

@@ -43,10 +43,9 @@ def create_model(name: str, init: str = "reference", **kwargs: Any) -> FeedbackN
     """The registered model `name` built with kwargs and initialised with
     `init` ("reference": the authors' He-normal convolutions and zero FC
     biases, which the layers draw when built; "torch": PyTorch's defaults)."""
-    from cnnf.layers import INITS, initialize
+    from cnnf.layers import check_init, initialize
 
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    check_init(init)  # before building: an unknown scheme builds nothing
     net = MODELS.create(name, **kwargs)
     return net if init == "reference" else initialize(net, init)
 
