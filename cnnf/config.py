@@ -106,6 +106,10 @@ class TrainConfig:
     adv_eps_linf: float = 0.0  # [0, 1] pixel units; > 0: PGD adversarial training against the first pass
     adv_steps: int = 7
     adv_step_linf: Optional[float] = None  # [0, 1] pixel units; None: the paper's per dataset (B.2: 0.355 eps Fashion-MNIST, 0.319 eps CIFAR-10)
+    # mixed: (cc CE(clean) + CE(adv)) / 2 per iteration (CNN-F B.2). adversarial:
+    # CE(adv) alone (Madry et al.; the CNN-F reference's --clean no); the clean
+    # batch still gives the reconstruction targets and the training accuracy.
+    adv_loss: Literal["mixed", "adversarial"] = "mixed"
     augment: Literal["none", "crop_flip"] = "none"  # crop_flip: random crop (pad 4) + horizontal flip (CIFAR)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls/convs to bfloat16, weights and optimizer stay fp32
     # fused: the instance norms and AdaReLUs as compiled CPU kernels (cnnf.fused, ~5 s to
@@ -133,6 +137,9 @@ class TrainConfig:
         require(0.0 <= self.adv_eps_linf <= 1.0, "adv_eps_linf", f"must be in [0, 1] pixel units, got {self.adv_eps_linf}")
         require(self.adv_steps >= 1, "adv_steps", f"must be >= 1, got {self.adv_steps}")
         require(self.adv_step_linf is None or self.adv_step_linf > 0, "adv_step_linf", f"must be > 0, got {self.adv_step_linf}")
+        require(self.adv_loss in ("mixed", "adversarial"), "adv_loss", f"expected mixed or adversarial, got {self.adv_loss!r}")
+        require(self.adv_loss == "mixed" or self.adv_eps_linf > 0, "adv_loss",
+                "adversarial needs adversarial training (train.adv_eps_linf > 0)")
         require(self.fc_weight_decay in ("once", "reference"), "fc_weight_decay", f"expected once or reference, got {self.fc_weight_decay!r}")
         require(self.kernels in ("auto", "fused", "eager"), "kernels", f"expected auto, fused or eager, got {self.kernels!r}")
         require(

@@ -29,13 +29,16 @@ def agg_figure(figsize: tuple[float, float]) -> "Figure":
 NORM_NAME = {"linf": "L∞", "l2": "L2", "none": "no norm"}
 
 
-def accuracy_vs_eps(reports: Sequence[tuple[str, EvalReport]], path: str | Path, *, title: Optional[str] = None) -> Path:
-    """Accuracy (%) against budget for every curve of every (model name, report);
-    a band of ± std where the curve has a spread. Writes a PNG to `path` and returns it."""
-    curves = [(name, c) for name, report in reports for c in report.curves]
+def accuracy_vs_eps(reports: Sequence[tuple[str, EvalReport]], path: str | Path, *, title: Optional[str] = None,
+                    labels: Optional[Sequence[str]] = None) -> Path:
+    """Accuracy (%) against budget for every curve of every (model name, report)
+    (labels: only the curves of these attack labels); a band of ± std where the
+    curve has a spread. Writes a PNG to `path` and returns it."""
+    curves = [(name, c) for name, report in reports for c in report.curves if labels is None or c.label in labels]
     if not curves:
         names = ", ".join(name for name, _ in reports) or "none given"
-        raise ValueError(f"no accuracy-vs-eps curves to plot: none of the reports ({names}) has curves; "
+        which = f" labelled {', '.join(labels)}" if labels is not None else ""
+        raise ValueError(f"no accuracy-vs-eps curves{which} to plot: none of the reports ({names}) has them; "
                          "evaluate with an eps grid to get them")
     fig = agg_figure((6.4, 4.8))
     ax = fig.add_subplot()

@@ -33,6 +33,9 @@ FL_ROWS = (
     ("deepfool", "DeepFool"),
     ("uniform_noise", "Uniform noise"),
     ("gaussian_noise", "Gaussian noise"),
+    # The worst-of-k noise metric (fl_paper_suite's noise_worst_of), found by its label.
+    ("uniform_noise_worst", "Uniform noise (worst of k draws)"),
+    ("gaussian_noise_worst", "Gaussian noise (worst of k draws)"),
 )
 
 
@@ -67,10 +70,10 @@ def fl_table(models: Sequence[tuple[str, Sequence[EvalReport]]]) -> str:
     table_rows: list[list[str]] = [["Clean"] + [_cell(reports, _clean) for _, reports in models]]
     legend: list[str] = []
     for attack, row_name in FL_ROWS:
-        results = [a for _, reports in models for r in reports if (a := _find_scored(r, attack)) is not None]
+        results = [a for _, reports in models for r in reports if (a := _find_row(r, attack)) is not None]
         if not results:
             continue
-        lookup = _acc(partial(_find_scored, attack=attack))
+        lookup = _acc(partial(_find_row, key=attack))
         table_rows.append([row_name] + [_cell(reports, lookup) for _, reports in models])
         legend.append(f"{row_name} {_budgets(results)}")
     lines = [_markdown(["Attack"] + [name for name, _ in models], table_rows), ""]
@@ -100,6 +103,11 @@ def _find(report: EvalReport, attack: str, target: Optional[str] = None, gates: 
 def _find_scored(report: EvalReport, attack: str) -> Optional[AttackResult]:
     """The attack on the scored prediction with exact gates, else against any target."""
     return _find(report, attack, report.prediction, "exact") or _find(report, attack)
+
+
+def _find_row(report: EvalReport, key: str) -> Optional[AttackResult]:
+    """The result labelled `key`, else the scored attack of that registry name."""
+    return next((a for a in report.attacks if a.label == key), None) or _find_scored(report, key)
 
 
 def _acc(find: Callable[[EvalReport], Optional[AttackResult]]) -> Lookup:

@@ -212,7 +212,7 @@ class TrainStep:
                 # gradients are computed.
                 x_adv = self.attack.perturb(self.first_pass, x, y, generator)
                 out = self.model.iterate(torch.cat([x, x_adv]), tc.n_iterations)
-                loss, ce, recon = adversarial_cnnf_loss(out, y, tc.clean_coef, tc.recon_coef)
+                loss, ce, recon = adversarial_cnnf_loss(out, y, tc.clean_coef, tc.recon_coef, tc.adv_loss == "adversarial")
             else:
                 out = self.model.iterate(x, tc.n_iterations)
                 loss, ce, recon = cnnf_loss(out, y, tc.clean_coef, tc.recon_coef)

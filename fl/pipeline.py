@@ -77,19 +77,36 @@ def train_base(cfg: FLConfig, splits: DataSplits, *, stage_dir: Optional[Path] =
     return cached_stage(stage_dir, "base", config_key(cfg.data, cfg.model, cfg.train), compute, save, load, log)
 
 
-def search_margins(net: FeedbackNet, splits: DataSplits, cfg: FLConfig, *, stage_dir: Optional[Path] = None,
+def search_margins(net: FeedbackNet, splits: DataSplits, cfg: FLConfig, *, rows: Optional[Tensor] = None,
+                   directions_seed: Optional[int] = None, stage_dir: Optional[Path] = None,
                    progress: Optional[Progress] = None, log: Optional[Log] = None) -> Margins:
-    """Steps 2-3: draw the samples from the training split and search their
-    margins (cached in stage_dir by the model's and the search's fingerprint)."""
+    """Steps 2-3: search the margins of training samples (cached in stage_dir
+    by the model's and the search's fingerprint). rows None: draw the samples
+    from the model's correctly classified images (the original model);
+    rows given (another search's `Margins.indices`): search those, so every
+    model of a comparison is measured on one sample set. directions_seed: see
+    `fl.search.boundary_search` (None: cfg.search.seed)."""
     device = resolve_device(cfg.search.device)
     model = scored_model(net, cfg).to(device)
-    return boundary_search(model, splits.train, cfg.search, splits.n_classes, cache_dir=stage_dir, progress=progress, log=log)
+    return boundary_search(model, splits.train, cfg.search, splits.n_classes, rows=rows, directions_seed=directions_seed,
+                           cache_dir=stage_dir, progress=progress, log=log)
+
+
+def search_again(net: FeedbackNet, splits: DataSplits, margins: Margins, cfg: FLConfig, *, heldout: bool = False,
+                 stage_dir: Optional[Path] = None, progress: Optional[Progress] = None, log: Optional[Log] = None) -> Margins:
+    """Another model's margins on the samples of `margins` (the original
+    model's search): along the same directions, or (heldout) along the
+    held-out directions (`search.heldout_seed`), which no generated example was made from."""
+    seed = cfg.search.heldout_directions_seed if heldout else margins.directions_seed
+    return search_margins(net, splits, cfg, rows=margins.indices, directions_seed=seed, stage_dir=stage_dir,
+                          progress=progress, log=log)
 
 
 def directions_of(margins: Margins, cfg: FLConfig, input_shape: Sequence[int]) -> Tensor:
     """The directions a search used, recomputed from its seed."""
     dim = int(torch.tensor(input_shape).prod())
-    return orthogonal_directions(margins.n_directions, dim, cfg.search.seed)
+    seed = margins.directions_seed if margins.directions_seed is not None else cfg.search.seed
+    return orthogonal_directions(margins.n_directions, dim, seed)
 
 
 @dataclass(frozen=True)
@@ -159,7 +176,7 @@ def fl_suite(cfg: FLConfig) -> Suite:
     e = cfg.eval
     iterations, prediction = scoring(cfg)
     return fl_paper_suite(e.eps_linf, l2_eps=e.l2_eps, noise_eps=e.noise_eps, noise_sigma=e.noise_sigma,
-                          fgsm_grid=e.fgsm_grid, n_examples=e.n_examples, seeds=e.seeds, checks=e.checks,
+                          fgsm_grid=e.fgsm_grid, noise_grid=e.noise_grid, noise_worst_of=e.noise_worst_of, n_examples=e.n_examples, seeds=e.seeds, checks=e.checks,
                           check_examples=e.check_examples, batch_size=e.batch_size, n_iterations=iterations,
                           prediction=prediction)
 
@@ -181,10 +198,12 @@ def evaluate_model(net: FeedbackNet, splits: DataSplits, cfg: FLConfig, *, split
 @dataclass(frozen=True)
 class VariantOutcome:
     variant: Variant
-    margins: Optional[Margins]  # this model's own search (recomputed after retraining)
+    margins: Optional[Margins]  # this model's search: the original's samples and directions (searched again after retraining)
     stats: Optional[MarginStats]
     centre_margin: Tensor  # the original class-centre samples' mean margins under this model
     reports: dict[str, EvalReport] = field(default_factory=dict)
+    heldout: Optional[Margins] = None  # the same samples along the held-out directions
+    heldout_stats: Optional[MarginStats] = None
 
 
 @dataclass(frozen=True)
@@ -200,15 +219,18 @@ def run_feedback_learning(cfg: FLConfig, splits: DataSplits, *, variants: Sequen
                           split_names: Sequence[str] = ("val", "test"), log: Optional[Log] = None,
                           search_progress: Optional[Callable[[str], Progress]] = None,
                           eval_progress: Optional[EvalProgress] = None) -> FLRun:
-    """Train, search, then for each variant (VARIANTS) retrain, search
-    the new model again (margins_after) and evaluate. search_progress(name)
-    gives the progress callback of each search; margins_after None follows
-    cfg.eval.margins_after."""
+    """Train, search, then for each variant (VARIANTS) retrain, search the
+    new model again (margins_after) and evaluate. Every model is searched on
+    the original model's samples, along its directions (those the generated
+    examples were made from) and along held-out directions (`search_again`).
+    search_progress(name) gives the progress callback of each search;
+    margins_after None follows cfg.eval.margins_after."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"variants: unknown {unknown}; expected some of {list(VARIANTS)}")
     say = log or (lambda _: None)
     sp = search_progress or (lambda _: None)
+    after = cfg.eval.margins_after if margins_after is None else margins_after
     say("training the base model")
     net, history = train_base(cfg, splits, stage_dir=stage_dir, log=log)
     say("searching the base model's margins")
@@ -218,21 +240,47 @@ def run_feedback_learning(cfg: FLConfig, splits: DataSplits, *, variants: Sequen
     for name in variants:
         if name == "original":
             variant = Variant("original", net, history)
-            own_margins, own_stats, centre = margins, stats, stats.centre_margin
+        elif name == "continued":
+            say("continued: retraining on the original images only (the control)")
+            variant = continue_training(net, splits, cfg)
         else:
-            if name == "continued":
-                say("continued: retraining on the original images only (the control)")
-                variant = continue_training(net, splits, cfg)
-            else:
-                say(f"{name}: generating examples and retraining")
-                variant = retrain(net, splits, margins, stats, cfg, equal_quotas=name == "reduced_fl")
-            own_margins = own_stats = None
-            if cfg.eval.margins_after if margins_after is None else margins_after:
-                say(f"{name}: searching the retrained model's margins")
-                own_margins = search_margins(variant.net, splits, cfg, stage_dir=stage_dir, progress=sp(name), log=log)
-                own_stats = margin_stats(own_margins, splits.n_classes)
-            centre = centre_margins(variant.net, splits, margins, stats, cfg)
-        say(f"{name}: evaluating")
-        reports = evaluate_model(variant.net, splits, cfg, split_names=split_names, progress=eval_progress)
-        outcomes[name] = VariantOutcome(variant, own_margins, own_stats, centre, reports)
+            say(f"{name}: generating examples and retraining")
+            variant = retrain(net, splits, margins, stats, cfg, equal_quotas=name == "reduced_fl")
+        outcomes[name] = measure_variant(variant, splits, margins, stats, cfg, stage_dir=stage_dir, margins_after=after,
+                                         split_names=split_names, log=log, search_progress=sp, eval_progress=eval_progress)
     return FLRun(cfg, margins, stats, outcomes)
+
+
+def measure_variant(variant: Variant, splits: DataSplits, margins: Margins, stats: MarginStats, cfg: FLConfig, *,
+                    stage_dir: Optional[Path] = None, margins_after: Optional[bool] = None,
+                    heldout: Optional[bool] = None, split_names: Sequence[str] = ("val", "test"),
+                    log: Optional[Log] = None, search_progress: Optional[Callable[[str], Progress]] = None,
+                    eval_progress: Optional[EvalProgress] = None) -> VariantOutcome:
+    """Measure one model of a comparison against the original model's search
+    (`margins`, `stats`): its margins on the same samples along the same
+    directions (margins_after; None: cfg.eval.margins_after) and the held-out
+    ones (heldout; None: as margins_after), the class-centre margins, and the
+    FL attack suite on each named split. Any model can be measured this way
+    (an adversarially trained baseline too)."""
+    say = log or (lambda _: None)
+    sp = search_progress or (lambda _: None)
+    after = cfg.eval.margins_after if margins_after is None else margins_after
+    with_heldout = after if heldout is None else heldout
+    name = variant.name
+    own_margins = own_stats = heldout_margins = heldout_stats = None
+    if name == "original":
+        own_margins, own_stats, centre = margins, stats, stats.centre_margin
+    else:
+        if after:
+            say(f"{name}: searching the margins (the original's samples and directions)")
+            own_margins = search_again(variant.net, splits, margins, cfg, stage_dir=stage_dir, progress=sp(name), log=log)
+            own_stats = margin_stats(own_margins, splits.n_classes)
+        centre = centre_margins(variant.net, splits, margins, stats, cfg)
+    if with_heldout:
+        say(f"{name}: searching along the held-out directions")
+        heldout_margins = search_again(variant.net, splits, margins, cfg, heldout=True, stage_dir=stage_dir,
+                                       progress=sp(f"{name} (held-out)"), log=log)
+        heldout_stats = margin_stats(heldout_margins, splits.n_classes)
+    say(f"{name}: evaluating")
+    reports = evaluate_model(variant.net, splits, cfg, split_names=split_names, progress=eval_progress)
+    return VariantOutcome(variant, own_margins, own_stats, centre, reports, heldout_margins, heldout_stats)

@@ -62,6 +62,16 @@ class Margins:
     forward_passes: int
     seconds: float
     fingerprint: str = ""
+    # (S,) bool: the model misclassifies the sample itself. Such a sample is
+    # already past a boundary: all its searches get margin 0 and the predicted
+    # class as adjacent class (a comparison searches every model on one sample
+    # set, so a retrained model may get some of them wrong). None: not recorded.
+    wrong: Optional[Tensor] = None
+    directions_seed: Optional[int] = None  # the seed of the directions searched (None: not recorded)
+
+    @property
+    def n_wrong(self) -> int:
+        return int(self.wrong.sum()) if self.wrong is not None else 0
 
     @property
     def n_samples(self) -> int:
@@ -192,8 +202,15 @@ def naive_scan(model: nn.Module, x: Tensor, y: Tensor, directions: Tensor, step:
     step_in, passes = to_input_units(step), 0
     # The offsets k * step in input units, rounded to float32 once, as `_offsets` does.
     offsets = _offsets(torch.arange(max_steps + 1), step_in, torch.ones(max_steps + 1)).tolist()
+    wrong = torch.zeros(n_samples, dtype=torch.bool)
     for s in range(n_samples):
         label = int(y[s])
+        origin = int(model(x_flat[s].view(shape)).argmax(1))
+        passes += 1
+        if origin != label:  # already past a boundary: margin 0 towards the predicted class
+            wrong[s] = True
+            margin[s], adjacent[s] = 0.0, origin
+            continue
         for j in range(2 * n_dir):
             for k in range(1, max_steps + 1):
                 # sign * (k * step) * d == (k * step) * (sign * d) exactly: negation is exact.
@@ -206,7 +223,7 @@ def naive_scan(model: nn.Module, x: Tensor, y: Tensor, directions: Tensor, step:
                     margin[s, j], adjacent[s, j] = k * step, pred
                     break
     return Margins(margin, adjacent, y.cpu(), torch.arange(n_samples), step, max_steps * step, "naive", passes,
-                   time.perf_counter() - t0)
+                   time.perf_counter() - t0, wrong=wrong)
 
 
 def scan(model: nn.Module, x: Tensor, y: Tensor, directions: Tensor, cfg: SearchConfig,
@@ -218,11 +235,22 @@ def scan(model: nn.Module, x: Tensor, y: Tensor, directions: Tensor, cfg: Search
     x, y, dirs = x.to(device), y.to(device), directions.to(device)
     predict = _Predictor(model, x.shape[1:], cfg.precision, cfg.channels_last)
     factor = 1 if cfg.mode == "exact" else cfg.coarse_factor
-    first_k, adjacent, passes = _scan(predict, x, y, dirs, to_input_units(cfg.step), cfg.max_steps, factor,
-                                      cfg.batch_for(device.type), cfg.clip, progress)
+    batch = cfg.batch_for(device.type)
+    with torch.inference_mode():
+        flat = x.reshape(len(y), -1)
+        origin = torch.cat([predict(flat[i : i + batch]) for i in range(0, len(y), batch)]) if len(y) else y.clone()
+    wrong = origin != y
+    ok = torch.nonzero(~wrong).flatten()
+    # Only correctly classified samples are searched; a misclassified one is
+    # already past a boundary (margin 0, adjacent: its predicted class).
+    first_k = torch.zeros(len(y), 2 * dirs.shape[0], dtype=torch.long, device=device)
+    adjacent = origin[:, None].repeat(1, 2 * dirs.shape[0])
+    k_ok, adj_ok, passes = _scan(predict, x[ok], y[ok], dirs, to_input_units(cfg.step), cfg.max_steps, factor,
+                                 batch, cfg.clip, progress)
+    first_k[ok], adjacent[ok] = k_ok, adj_ok
     margin = torch.where(adjacent != NA, first_k.double() * cfg.step, cfg.max_margin).float()
     return Margins(margin.cpu(), adjacent.cpu(), y.cpu(), (indices if indices is not None else torch.arange(len(y))).cpu(),
-                   cfg.step, cfg.max_margin, cfg.mode, passes, time.perf_counter() - t0)
+                   cfg.step, cfg.max_margin, cfg.mode, passes + len(y), time.perf_counter() - t0, wrong=wrong.cpu())
 
 
 @torch.inference_mode()
@@ -250,40 +278,55 @@ def draw_samples(model: nn.Module, data: ArrayDataset, n_samples: int, n_classes
     return torch.cat(rows).sort().values
 
 
-def fingerprint(model: nn.Module, x: Tensor, y: Tensor, cfg: SearchConfig, n_directions: int) -> str:
-    """Identifies a search result: the model's weights, the samples and every
-    setting that can change a margin (not batch size or device)."""
+def fingerprint(model: nn.Module, x: Tensor, y: Tensor, cfg: SearchConfig, n_directions: int,
+                directions_seed: Optional[int] = None) -> str:
+    """Identifies a search result: the model's weights, the samples, the
+    directions' seed (default cfg.seed) and every setting that can change a
+    margin (not batch size, device or the held-out seed, which picks another search)."""
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     h.update(x.detach().cpu().contiguous().numpy().tobytes())
     h.update(y.detach().cpu().numpy().tobytes())
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("batch_size", "device", "n_directions")}
-    h.update(json.dumps({**settings, "n_directions": n_directions}, sort_keys=True).encode())
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("batch_size", "device", "n_directions", "heldout_seed")}
+    seed = cfg.seed if directions_seed is None else directions_seed
+    h.update(json.dumps({**settings, "n_directions": n_directions, "directions_seed": seed}, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
 def boundary_search(model: nn.Module, data: ArrayDataset, cfg: SearchConfig, n_classes: int, *,
+                    rows: Optional[Tensor] = None, directions_seed: Optional[int] = None,
                     cache_dir: Optional[str | Path] = None, progress: Optional[Progress] = None,
                     log: Optional[Callable[[str], None]] = None) -> Margins:
-    """Draw cfg.n_samples samples from `data` (the training split), search
-    them along cfg's random orthogonal directions, and return the margins.
+    """Search samples of `data` (the training split) along cfg's random
+    orthogonal directions and return the margins.
+
+    rows: the samples (rows of data) to search, e.g. those another model's
+    search drew, so every model of a comparison is measured on one sample set
+    (the model may misclassify some: they get margin 0, `Margins.wrong`);
+    None: draw cfg.n_samples of the model's correctly classified images.
+    directions_seed: the directions' seed (None: cfg.seed; the held-out
+    directions: cfg.heldout_directions_seed).
 
     With cache_dir, the result is stored as margins-<fingerprint>.pt and a
     later call with the same model, samples and settings loads it instead
     of searching again (a quota sweep searches once); a concurrent call
     waits for the search in progress.
     """
-    rows = draw_samples(model, data, cfg.n_samples, n_classes, cfg.seed, cfg.correct_only)
+    if rows is None:
+        rows = draw_samples(model, data, cfg.n_samples, n_classes, cfg.seed, cfg.correct_only)
+    rows = torch.as_tensor(rows, dtype=torch.long)
     x, y = data.x[rows], data.y[rows]
     dim = x[0].numel()
     n_dir = cfg.n_directions or dim
-    fp = fingerprint(model, x, y, cfg, n_dir)
+    seed = cfg.seed if directions_seed is None else directions_seed
+    fp = fingerprint(model, x, y, cfg, n_dir, seed)
 
     def compute() -> Margins:
-        margins = scan(model, x, y, orthogonal_directions(n_dir, dim, cfg.seed), cfg, rows, progress)
-        return Margins(**{**{k: getattr(margins, k) for k in margins.__dataclass_fields__}, "fingerprint": fp})
+        margins = scan(model, x, y, orthogonal_directions(n_dir, dim, seed), cfg, rows, progress)
+        return Margins(**{**{k: getattr(margins, k) for k in margins.__dataclass_fields__}, "fingerprint": fp,
+                          "directions_seed": seed})
 
     return cached_stage(Path(cache_dir) if cache_dir is not None else None, "margins", fp, compute,
                         Margins.save, Margins.load, log)

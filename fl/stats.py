@@ -32,6 +32,8 @@ class MarginStats:
     adjacent_share: Tensor  # (c + 1,) share of all searches ending in class j; the last entry is N/A
     centre: Tensor  # (c,) row (in Margins) of the class-centre sample: the largest mean margin of its class
     centre_margin: Tensor  # (c,) that sample's mean margin over all its searches (N/A at the range)
+    n_samples: int = 0  # searched samples
+    n_wrong: int = 0  # of them, misclassified by the model (margin 0 in every direction: Margins.wrong)
 
     def as_dict(self) -> dict:
         def plain(t: Tensor) -> list:
@@ -41,7 +43,7 @@ class MarginStats:
                 "R_i": [v if v != float("inf") else "inf" for v in self.class_robustness.tolist()],
                 "mean": plain(self.mean), "counts": self.counts.tolist(), "na_counts": self.na_counts.tolist(),
                 "adjacent_share": self.adjacent_share.tolist(), "centre": self.centre.tolist(),
-                "centre_margin": self.centre_margin.tolist()}
+                "centre_margin": self.centre_margin.tolist(), "n_samples": self.n_samples, "n_wrong": self.n_wrong}
 
 
 def margin_stats(margins: Margins, n_classes: int) -> MarginStats:
@@ -71,7 +73,7 @@ def margin_stats(margins: Margins, n_classes: int) -> MarginStats:
             best = rows[per_sample[rows].argmax()]
             centre[c], centre_margin[c] = best, per_sample[best]
     return MarginStats(n_classes, margins.max_margin, mean, counts, na_counts, robustness, class_r, share, centre,
-                       centre_margin)
+                       centre_margin, margins.n_samples, margins.n_wrong)
 
 
 def r_spread(class_robustness: Tensor) -> float:

@@ -17,7 +17,8 @@ def robustness_table(stats: Sequence[tuple[str, MarginStats]]) -> str:
     c = stats[0][1].n_classes
     rows = [["R"] + [_num(s.robustness) for _, s in stats],
             ["R_i spread (std of log10 R_i)"] + [_num(r_spread(s.class_robustness)) for _, s in stats],
-            ["N/A share (%)"] + [_num(100 * float(s.adjacent_share[-1]), 1) for _, s in stats]]
+            ["N/A share (%)"] + [_num(100 * float(s.adjacent_share[-1]), 1) for _, s in stats],
+            ["Samples misclassified (of searched)"] + [f"{s.n_wrong} / {s.n_samples}" for _, s in stats]]
     rows += [[f"R_{i}"] + [_num(float(s.class_robustness[i])) for _, s in stats] for i in range(c)]
     return _markdown(["", *[name for name, _ in stats]], rows, right=tuple(range(1, len(stats) + 1))) + "\n"
 

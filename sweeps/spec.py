@@ -32,6 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from cnnf.config import ConfigError
+from fl.config import SelectionConfig
 from tuning.config import SweepConfig
 from tuning.experiments import ExperimentKind, experiment_kind, experiment_names, is_test_metric
 from tuning.space import Choice, Condition, Grid, IntRange, LogUniform, ParamSpec, Uniform, apply_params, boundary_values, field_paths, grid_size
@@ -726,10 +727,57 @@ def _check_space(space_raw: Any, base: Any, base_cls: type, lines: _Lines, file:
             failed.add(name)
     if not problems:
         try:
+            _check_quota_space(space, base, lines, file)
             _check_combinations(space, base, lines, file)
         except SpecError as exc:
             problems += exc.problems
     return space, problems
+
+
+_QUOTAS = ("selection.quota_high", "selection.quota_medium", "selection.quota_low")  # in the order they must not decrease
+_RATIOS = ("selection.medium_ratio", "selection.high_ratio")
+_BUDGET_HINT = ("to compare ways of spreading one number of samples, fix selection.budget and sample selection.medium_ratio "
+                "and selection.high_ratio in [0, 1] (quota_medium = medium_ratio x quota_low, quota_high = high_ratio x "
+                "quota_medium)")
+
+
+def _check_quota_space(space: dict[str, ParamSpec], base: Any, lines: _Lines, file: str) -> None:
+    """An FL quota search asks how a number of samples is best spread over the
+    robustness tiers: a space that can draw non-monotone explicit quotas (a
+    tier above a less robust tier's quota), or explicit quotas beside a budget
+    (which ignores them), or ratios without one (which do nothing), is
+    refused, naming the space key and the budget / ratio parametrisation."""
+    if not isinstance(getattr(base, "selection", None), SelectionConfig):
+        return
+
+    def fail(name: str, message: str) -> SpecError:
+        return SpecError(file, lines.of(("space", name)), f"space.{name}", message)
+
+    sampled = [name for name in _QUOTAS if name in space]
+    budgeted = "selection.budget" in space or base.selection.budget is not None
+    if sampled and budgeted:
+        raise fail(sampled[0], "explicit quotas are ignored when selection.budget is set; sample selection.medium_ratio "
+                               "and selection.high_ratio instead")
+    ratios = [name for name in _RATIOS if name in space]
+    if ratios and not budgeted:
+        raise fail(ratios[0], "the ratios set quotas only with selection.budget, which is not set; " + _BUDGET_HINT)
+
+    def values(name: str) -> list[Any]:
+        """The quotas a trial may take for `name`: the space's (and the base's if the parameter is conditional)."""
+        spec, fixed = space.get(name), getattr(base.selection, name.partition(".")[2])
+        if spec is None:
+            return [fixed]
+        drawn = [v for v in boundary_values(spec) if _is_number(v)]
+        return drawn + [fixed] if spec.when is not None else drawn
+
+    for lower, upper in zip(_QUOTAS, _QUOTAS[1:]):
+        if lower not in space and upper not in space:
+            continue
+        most, least = max(values(lower), default=0), min(values(upper), default=0)
+        if most > least:
+            shown = lower if lower in space else upper
+            raise fail(shown, f"{lower} may be drawn as {most} with {upper} {least}: the space allows non-monotone quotas "
+                              f"(quota_high <= quota_medium <= quota_low must hold); " + _BUDGET_HINT)
 
 
 def _param(name: str, raw: Any, base: Any, paths: list[str], hints: dict[str, Any], earlier: dict[str, ParamSpec],

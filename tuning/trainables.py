@@ -27,11 +27,13 @@ from cnnf.train import EpochResult, TrainState, build_model, fit, load_train_sta
 
 from fl.config import FLConfig
 from fl.metrics import SPLITS as FL_SPLITS
-from fl.metrics import comparison_metrics
+from fl.metrics import ReducedBaseline, comparison_metrics
 from fl.metrics import metric_names as fl_metric_names
-from fl.pipeline import (centre_images, centre_margins, continue_training, evaluate_model, fl_suites, retrain, scored_model,
+from fl.pipeline import (centre_images, centre_margins, continue_training, evaluate_model, fl_suites, retrain, scored_model, search_again,
                          search_margins, train_base)
 from fl.plots import class_centres, class_robustness, margin_heatmap
+from fl.search import Margins
+from fl.select import reduced_at_budget
 from fl.stages import cached_stage, config_key
 from fl.stats import MarginStats, margin_stats
 from fl.tables import adjacent_share_table, centre_table, fl_table, robustness_table
@@ -384,16 +386,45 @@ def _control_reports(cfg: FLConfig, net: torch.nn.Module, splits: Any, stages: O
                           lambda: evaluate_model(continue_training(net, splits, cfg).net, splits, cfg))
 
 
+REDUCED_NAME = "reduced FL, same budget"  # the reduced-FL baseline in a trial's report
+
+
+def _reduced_baseline(cfg: FLConfig, net: torch.nn.Module, splits: Any, margins: Margins, stats: MarginStats,
+                      stages: Optional[Path]) -> ReducedBaseline:
+    """Reduced FL at the trial's budget (`fl.select.reduced_at_budget`), a
+    shared stage: retrained, evaluated and (eval.margins_after) searched once
+    for all trials whose FL chooses as many samples with the same seeds and
+    generation settings, whatever their quotas."""
+    rcfg = replace(cfg, selection=reduced_at_budget(cfg.selection, splits.n_classes))
+    key = config_key(rcfg.data, rcfg.model, rcfg.train, rcfg.search, rcfg.selection, rcfg.retrain, rcfg.eval)
+
+    def compute() -> ReducedBaseline:
+        variant = retrain(net, splits, margins, stats, rcfg)
+        reports = evaluate_model(variant.net, splits, rcfg, split_names=FL_SPLITS)
+        after = None
+        if rcfg.eval.margins_after:
+            after = margin_stats(search_again(variant.net, splits, margins, rcfg, stage_dir=stages), splits.n_classes)
+        return ReducedBaseline(reports, variant.n_generated, after)
+
+    return _pickled_stage(stages, "reduced-eval", key, compute)
+
+
 def _write_fl_report(cfg: FLConfig, base: dict[str, EvalReport], control: dict[str, EvalReport], trial: dict[str, EvalReport],
                      stats: list[tuple[str, MarginStats]], centre: list[tuple[str, list[float]]],
-                     centre_x: torch.Tensor, variant_name: str) -> Callable[[Path], None]:
+                     centre_x: torch.Tensor, variant_name: str,
+                     reduced: Optional[ReducedBaseline] = None) -> Callable[[Path], None]:
     def write(folder: Path) -> None:
         def columns(split: str) -> list[tuple[str, list[EvalReport]]]:
-            return [("original", [base[split]]), ("original + retraining", [control[split]]), (variant_name, [trial[split]])]
+            out = [("original", [base[split]]), ("original + retraining", [control[split]])]
+            if reduced is not None:
+                out.append((REDUCED_NAME, [reduced.reports[split]]))
+            return out + [(variant_name, [trial[split]])]
 
         models, val_models = columns("test"), columns("val")
         text = [f"# Feedback learning: {variant_name}\n",
                 "*original + retraining* is the control: the same retraining on the original images only.\n",
+                *([f"*{REDUCED_NAME}* is reduced FL (equal quotas) choosing as many samples as this trial's FL.\n"]
+                  if reduced is not None else []),
                 "## Accuracy under the FL attack suite, test split (reporting only)\n", fl_table(models),
                 "\n## Validation split (what a sweep optimises)\n", fl_table(val_models),
                 "\n## Margin statistics\n", robustness_table(stats), "\n### Adjacent-class shares (%)\n",
@@ -404,9 +435,12 @@ def _write_fl_report(cfg: FLConfig, base: dict[str, EvalReport], control: dict[s
         margin_heatmap(stats, folder / "margin_heatmap.png", title="mean margin (origin x adjacent class)")
         class_robustness(stats, folder / "class_robustness.png", title="class robustness R_i")
         class_centres(centre_x, centre, folder / "class_centres.png")
-        if trial["test"].curves:
-            accuracy_vs_eps([("original", base["test"]), (variant_name, trial["test"])], folder / "fgsm_curve.png",
-                            title="test accuracy vs FGSM strength")
+        for name, labels, title in (("fgsm_curve.png", ("fgsm",), "test accuracy vs FGSM strength"),
+                                    ("noise_curve.png", ("uniform_noise", "gaussian_noise"),
+                                     "test accuracy vs noise strength (one draw per image)")):
+            if any(c.label in labels for c in trial["test"].curves):
+                accuracy_vs_eps([("original", base["test"]), (variant_name, trial["test"])], folder / name,
+                                labels=labels, title=title)
 
     return write
 
@@ -417,7 +451,8 @@ def train_fl(config: dict[str, Any], *, base: FLConfig, cpus: float, gpus: float
     from the sweep's shared stages (computed by the first trial that needs
     them); the trial selects with its quotas, generates, retrains (reporting
     each epoch with a checkpoint), then evaluates and searches the retrained
-    model's margins. Replicates vary the selection and retraining seeds."""
+    model's margins, and reports beside it reduced FL at the same budget (a
+    shared stage too). Replicates vary the selection and retraining seeds."""
     resume = _start_trial(cpus, replicates, gpus)
     cfg = apply_params(base, config)
     device = trial_device(cfg.train.device, gpus)
@@ -437,20 +472,33 @@ def train_fl(config: dict[str, Any], *, base: FLConfig, cpus: float, gpus: float
         result = variant.history[-1]  # the history includes the epochs before a resume
         reports = evaluate_model(variant.net, splits, rcfg, split_names=FL_SPLITS)
         all_stats = [("original", stats)]
-        after = None
+        after = heldout = base_heldout = None
         if rcfg.eval.margins_after:
-            after = margin_stats(search_margins(variant.net, splits, rcfg, stage_dir=stages), splits.n_classes)
+            # The original's samples, along its directions (those the examples were made from) and held-out ones.
+            after = margin_stats(search_again(variant.net, splits, margins, rcfg, stage_dir=stages), splits.n_classes)
             all_stats.append((variant.name, after))
+            heldout = margin_stats(search_again(variant.net, splits, margins, rcfg, heldout=True, stage_dir=stages),
+                                   splits.n_classes)
+            base_heldout = margin_stats(search_again(net, splits, margins, rcfg, heldout=True, stage_dir=stages),
+                                        splits.n_classes)
+        reduced = _reduced_baseline(rcfg, net, splits, margins, stats, stages)
+        if reduced.after is not None:
+            all_stats.append((REDUCED_NAME, reduced.after))
         metrics: dict[str, Any] = {**_epoch_metrics(result),
-                                   **comparison_metrics(reports, base_reports, control_reports, stats, variant.n_generated, after),
+                                   **comparison_metrics(reports, base_reports, control_reports, stats, variant.n_generated, after,
+                                                        reduced, heldout, base_heldout),
                                    **_timings(variant.history, reports, started)}
         centre = [("original", stats.centre_margin.tolist()),
                   (variant.name, centre_margins(variant.net, splits, margins, stats, rcfg).tolist())]
         extra = {"eval": [reports["val"].as_dict(), reports["test"].as_dict()], "plan": variant.plan.as_dict() if variant.plan else None,
-                 "margins": {name: s.as_dict() for name, s in all_stats}}
+                 "margins": {name: s.as_dict() for name, s in all_stats},
+                 "margins_heldout": {name: s.as_dict() for name, s in (("original", base_heldout), (variant.name, heldout))
+                                     if s is not None},
+                 "reduced_baseline": {"selection": asdict(reduced_at_budget(rcfg.selection, splits.n_classes)),
+                                      "eval": [reduced.reports["val"].as_dict(), reduced.reports["test"].as_dict()]}}
         return ReplicateOutcome(metrics, extra,
                                 _write_fl_report(rcfg, base_reports, control_reports, reports, all_stats, centre,
-                                                 centre_images(splits, margins, stats), variant.name))
+                                                 centre_images(splits, margins, stats), variant.name, reduced))
 
     run_replicates(cfg, replicates, _seeded_fl, cfg.retrain.epochs, run_one, resume, ("fl", trial_title(config)))
 

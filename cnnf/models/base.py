@@ -218,16 +218,22 @@ def cnnf_loss(out: CNNFOutput, y: Tensor, clean_coef: float, recon_coef: float) 
     return clean_coef * ce + recon_coef * recon, ce, recon
 
 
-def adversarial_cnnf_loss(out: CNNFOutput, y: Tensor, clean_coef: float, recon_coef: float) -> tuple[Tensor, Tensor, Tensor]:
+def adversarial_cnnf_loss(out: CNNFOutput, y: Tensor, clean_coef: float, recon_coef: float,
+                          adversarial_only: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """The loss of cnnf-spec "Losses" for a batch [clean; adversarial] run together.
 
     out comes from iterate(cat(x, x_adv)) and y holds the B labels once:
       sum_t [cc CE(logits_t(clean), y) + CE(logits_t(adv), y)] / (2 (T + 1))
       + lam * mean_{k,t} MSE(recon_{k,t}(adv), feature_k(clean first pass)).
+    adversarial_only: sum_t CE(logits_t(adv), y) / (T + 1) instead (Madry et
+    al.'s loss; the reference's --clean no), with the same reconstruction term.
     Returns (loss, ce, recon); ce is the weighted cross-entropy term.
     """
     b = len(y)
     clean, adv = slice(0, b), slice(b, 2 * b)
-    ce = torch.stack([clean_coef * F.cross_entropy(z[clean], y) + F.cross_entropy(z[adv], y) for z in out.logits]).mean() / 2
+    if adversarial_only:
+        ce = torch.stack([F.cross_entropy(z[adv], y) for z in out.logits]).mean()
+    else:
+        ce = torch.stack([clean_coef * F.cross_entropy(z[clean], y) + F.cross_entropy(z[adv], y) for z in out.logits]).mean() / 2
     recon = _recon_loss(out, rows=adv, target_rows=clean)
     return ce + recon_coef * recon, ce, recon

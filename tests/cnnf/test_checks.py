@@ -86,3 +86,16 @@ def test_cnnf_end_to_end_check_compares_first_e2e_and_bpda(trained_net: Feedback
     assert numbers["e2e_bpda_acc"] == r.acc("pgd_linf/e2e_bpda")
     flagged = numbers["e2e_acc"] > numbers["first_acc"] + 1 / 32 or numbers["e2e_bpda_acc"] < numbers["e2e_acc"] - 1 / 32
     assert check.flagged == flagged
+
+
+def test_monotone_check_reads_attack_curves_not_noise_curves(trained_net: FeedbackNet, data: ArrayDataset) -> None:
+    """Check 3 asks whether an attack gets weaker with more budget; a noise
+    curve (a fresh random draw at each strength) is not an attack, and its
+    sampling error must not raise the flag or be reported as a failure."""
+    suite = Suite((AttackSpec.of("pgd_linf", 0.1, steps=10, eps_grid=(0.0, 0.05, 0.1), label="pgd"),
+                   AttackSpec.of("uniform_noise", 0.3, draws=1, eps_grid=(0.0, 0.2, 0.4, 0.6), label="noise")),
+                  prediction="first", n_iterations=0, n_examples=64, check_examples=32)
+    report = evaluate(InferenceModel(trained_net, 0, "first"), data, suite)
+    assert {c.label for c in report.curves} == {"pgd", "noise"}
+    check3 = next(c for c in report.checks if c.id == 3)
+    assert "pgd" in check3.detail and "noise" not in check3.detail

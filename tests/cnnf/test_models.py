@@ -585,6 +585,31 @@ def test_adversarial_cnnf_loss_hand_formula(name: str, n_iterations: int) -> Non
     torch.testing.assert_close(loss, ce_ref + lam * recon_ref, **tol)
 
 
+@pytest.mark.parametrize(("name", "n_iterations"), [("cnnf_fmnist_adv", 2), ("cnn_fmnist_std", 0)])
+def test_adversarial_only_loss_hand_formula(name: str, n_iterations: int) -> None:
+    """train.adv_loss adversarial (Madry et al.; the reference's --clean no):
+    sum_t CE(adv_t) / (T + 1), the same reconstruction term, and no gradient
+    through the clean cross-entropy (the clean logits do not enter the loss)."""
+    net = make_net(name, released_ind(name) if name.startswith("cnnf") else 0)
+    n = n_images(name)
+    x, x_adv = adversarial_pair(name, n)
+    y = torch.arange(n) + 2
+    lam = 0.3
+    out = net.iterate(torch.cat([x, x_adv]), n_iterations)
+    loss, ce, recon = adversarial_cnnf_loss(out, y, 0.1, lam, adversarial_only=True)
+    with torch.no_grad():
+        adv = net.iterate(x_adv, n_iterations)
+    ce_ref = sum(F.cross_entropy(a, y) for a in adv.logits) / (n_iterations + 1)
+    tol = dict(rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ce.detach(), ce_ref, **tol)
+    torch.testing.assert_close(loss.detach(), ce_ref + lam * recon.detach(), **tol)
+    mixed, _, _ = adversarial_cnnf_loss(out, y, 0.1, lam)
+    assert not torch.allclose(mixed, loss)
+    if n_iterations == 0:  # a plain CNN: the clean logits get no gradient at all
+        grads = torch.autograd.grad(loss, out.logits[0])[0]
+        assert (grads[:n] == 0).all() and (grads[n:] != 0).any()
+
+
 def test_reconstruction_loss_gradients_match_mse_and_keep_channels_last() -> None:
     """The reconstruction terms have F.mse_loss's value and gradients (adversarial
     rows of the recons against clean rows of the targets), and hand back

@@ -219,3 +219,18 @@ def test_adversarial_training_of_the_b2_model_on_the_sample(sample_splits: DataS
     result = fit(cfg, splits)
     assert result.history[-1].val_acc >= 0.35
     assert result.history[-1].train_loss < result.history[0].train_loss
+
+
+def test_adversarial_only_loss_trains_and_is_checked(tiny_splits: DataSplits) -> None:
+    """train.adv_loss adversarial (the Madry baseline of the FL paper) runs
+    through fit, differs from the mixed loss from the first step, and needs
+    adversarial training to mean anything."""
+    one = dataclasses.replace(ADV, train=dataclasses.replace(ADV.train, epochs=1))
+    mixed = fit(one, tiny_splits)
+    adv_only = fit(dataclasses.replace(one, train=dataclasses.replace(one.train, adv_loss="adversarial")), tiny_splits)
+    assert adv_only.history[0].train_loss == adv_only.history[0].train_loss  # finite, not NaN
+    assert adv_only.history[0].train_ce != pytest.approx(mixed.history[0].train_ce, rel=1e-3)
+    for kw, needle in (({"adv_loss": "adversarial"}, "adv_eps_linf"), ({"adv_loss": "clean"}, "mixed or adversarial")):
+        with pytest.raises(ConfigError, match=needle) as info:
+            TrainConfig(**kw)
+        assert info.value.field == "adv_loss"

@@ -124,6 +124,9 @@ def test_selection_config_errors(kw: dict, field: str) -> None:
     (FLEvalConfig, {"fgsm_grid": (0.1, 2.0)}, "fgsm_grid"),
     (FLEvalConfig, {"seeds": ()}, "seeds"),
     (FLEvalConfig, {"l2_eps": 0.0}, "l2_eps"),
+    (FLEvalConfig, {"noise_grid": (0.1, 1.5)}, "noise_grid"),
+    (FLEvalConfig, {"noise_worst_of": 1}, "noise_worst_of"),
+    (SearchConfig, {"heldout_seed": 0}, "heldout_seed"),
 ])
 def test_retrain_and_eval_config_errors(make, kw: dict, field: str) -> None:
     assert field_of(make, **kw) == field
@@ -143,3 +146,19 @@ def test_samples_per_class(n: int, c: int, want: tuple[int, ...]) -> None:
 def test_search_batch_defaults_by_device() -> None:
     assert SearchConfig().batch_for("cpu") == 512 and SearchConfig().batch_for("cuda") == 16384
     assert SearchConfig(batch_size=7).batch_for("cpu") == SearchConfig(batch_size=7).batch_for("cuda") == 7
+
+
+def test_the_search_clips_by_default_and_holds_out_another_direction_seed() -> None:
+    """He et al.'s search clips every point to the pixel range (gxr3.py); the
+    paper adopts it. The held-out directions default to the next seed."""
+    c = SearchConfig()
+    assert c.clip is True
+    assert c.heldout_directions_seed == 1 and SearchConfig(seed=4).heldout_directions_seed == 5
+    assert SearchConfig(heldout_seed=9).heldout_directions_seed == 9
+
+
+def test_the_eval_defaults_follow_the_paper() -> None:
+    """FGSM to 0.5 (Fig. 3) and single-draw noise over a grid, worst-of-100 apart."""
+    e = FLEvalConfig()
+    assert max(e.fgsm_grid) == 0.5 and e.noise_grid and e.noise_worst_of == 100
+    assert FLEvalConfig(noise_worst_of=None).noise_worst_of is None

@@ -82,16 +82,26 @@ def test_run_compares_original_fl_and_reduced_fl(splits, tmp_path: Path) -> None
     assert list(run.outcomes) == ["original", "fl", "reduced_fl"]
     for name, o in run.outcomes.items():
         report = o.reports["val"]
-        assert {a.attack for a in report.attacks} == {"fgsm", "cw_l2", "pgd_linf", "bim", "mim", "deepfool",
-                                                       "uniform_noise", "gaussian_noise"}
-        assert report.curves and report.curves[0].eps == (0.0, 0.05, 0.1, 0.2)
+        assert [a.label for a in report.attacks] == ["fgsm", "cw_l2", "pgd_linf", "bim", "mim", "deepfool", "uniform_noise",
+                                                     "gaussian_noise", "uniform_noise_worst", "gaussian_noise_worst"]
+        curves = {c.label: c.eps for c in report.curves}
+        # FGSM's curve, and single-draw noise accuracy along the noise grid (+ the nominal strength 0.3).
+        assert curves == {"fgsm": (0.0, 0.05, 0.1, 0.2), "uniform_noise": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
+                          "gaussian_noise": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)}
         assert o.stats is not None and o.stats.robustness > 0
         assert o.centre_margin.shape == (10,)
+        # One sample set for every model, along the original's and the held-out directions.
+        assert torch.equal(o.margins.indices, run.margins.indices) and torch.equal(o.heldout.indices, run.margins.indices)
+        assert o.margins.directions_seed == TINY.search.seed and o.heldout.directions_seed == TINY.search.seed + 1
+        assert not torch.equal(o.heldout.margin, o.margins.margin)
+        assert o.stats.n_samples == o.heldout_stats.n_samples == 20 and o.stats.n_wrong == o.heldout_stats.n_wrong
+    assert run.outcomes["original"].stats.n_wrong == 0  # drawn from its correctly classified images
     assert torch.equal(run.outcomes["original"].centre_margin, run.stats.centre_margin)
-    # The last progress call of each search reports it finished.
-    for name in ("original", "fl", "reduced_fl"):
+    # The last progress call of each search reports it finished: every direction of each correctly classified sample.
+    for name in ("original", "fl", "reduced_fl", "original (held-out)", "fl (held-out)"):
         calls = [c for c in progress_calls if c[0] == name]
-        assert calls and calls[-1][1] == calls[-1][2] == 20 * 16
+        searched = 20 - run.outcomes[name.split(" ")[0]].stats.n_wrong
+        assert calls and calls[-1][1] == calls[-1][2] == searched * 16
 
 
 def test_evaluation_scores_a_cnnf_with_its_iterations(splits) -> None:

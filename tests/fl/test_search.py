@@ -135,7 +135,9 @@ def assert_same_search(a: Margins, b: Margins, passes: bool = True) -> None:
 
 
 def cfg(**kw) -> SearchConfig:
-    return SearchConfig(**{"step": STEP, "max_margin": MAX_MARGIN, "device": "cpu", **kw})
+    """Unclipped unless asked: the closed-form answers below hold for the
+    unclipped walk (clipping is tested on its own)."""
+    return SearchConfig(**{"step": STEP, "max_margin": MAX_MARGIN, "device": "cpu", "clip": False, **kw})
 
 
 class LinearCase(NamedTuple):
@@ -171,7 +173,7 @@ def test_hand_computed_margins_on_a_one_feature_classifier() -> None:
     # Needed x0 moves: 0.5 -> 7 steps (0.56 > 0.5 > 0.48); 0.2 -> 3 steps; -0.5 -> 7 steps.
     want_margin = torch.tensor([[0.14] + [0.5] * 7, [0.06] + [0.5] * 7, [0.5] * 4 + [0.14] + [0.5] * 3])
     want_adjacent = torch.tensor([[1] + na + [NA] + na, [1] + na + [NA] + na, [NA] + na + [0] + na])
-    want_passes = (7 + 7 * 25) + (3 + 7 * 25) + (7 + 7 * 25)
+    want_passes = 3 + (7 + 7 * 25) + (3 + 7 * 25) + (7 + 7 * 25)  # 3: one pass at each sample itself
     for m in (naive_scan(model, x, y, directions, STEP, 25), scan(model, x, y, directions, cfg(batch_size=5))):
         torch.testing.assert_close(m.margin, want_margin, rtol=0, atol=1e-7)
         assert torch.equal(m.adjacent, want_adjacent)
@@ -182,7 +184,7 @@ def test_hand_computed_margins_on_a_one_feature_classifier() -> None:
     assert torch.equal(c2f.adjacent, want_adjacent)
     # 7 steps: k = 5, 10, then bisection 7, 6 (4 passes); 3 steps: 5, then 2, 3 (3 passes);
     # unflipped: 5, 10, ..., 25 (5 passes).
-    assert c2f.forward_passes == 4 + 3 + 4 + 21 * 5
+    assert c2f.forward_passes == 3 + 4 + 3 + 4 + 21 * 5  # 3: one pass at each sample itself
 
 
 def test_clip_keeps_search_points_in_the_pixel_range() -> None:
@@ -270,7 +272,7 @@ class CNNCase(NamedTuple):
 @pytest.fixture(scope="module")
 def cnn() -> CNNCase:
     """A random cnn_mnist_small, 2 samples labelled by its own predictions and
-    one mislabelled (flips at the first step), 10 directions: 60 searches,
+    one mislabelled (already past a boundary: margin 0), 10 directions: 60 searches,
     about half of the correctly labelled ones flipping within range."""
     model = InferenceModel(make_net("cnn_mnist_small", seed=0), 0, "first").eval()
     x = images(3, seed=0)
@@ -288,8 +290,10 @@ def cnn() -> CNNCase:
 def test_exact_scan_equals_the_naive_scan(cnn: CNNCase, batch_size: int, channels_last: bool) -> None:
     m = scan(cnn.model, cnn.x, cnn.y, cnn.directions, cfg(batch_size=batch_size, channels_last=channels_last))
     assert_same_search(m, cnn.naive)
-    assert (m.adjacent[2] != NA).all() and (m.margin[2] == STEP).all(), "a wrong label flips at once"
-    assert m.forward_passes == int((m.margin / STEP).round().sum())
+    predicted_2 = int(cnn.model(cnn.x[2:]).argmax(1))
+    assert (m.adjacent[2] == predicted_2).all() and (m.margin[2] == 0).all(), "a misclassified sample is at margin 0"
+    assert m.wrong.tolist() == [False, False, True] and m.n_wrong == 1
+    assert m.forward_passes == int((m.margin / STEP).round().sum()) + 3  # + one pass at each sample
 
 
 def test_clipped_exact_scan_equals_the_clipped_naive_scan(cnn: CNNCase) -> None:
@@ -301,10 +305,10 @@ def test_naive_margins_are_whole_steps_with_the_true_label_before(cnn: CNNCase) 
     m = cnn.naive
     k = (m.margin / STEP).round()
     torch.testing.assert_close(m.margin, (k * STEP).float(), rtol=0, atol=1e-6)
-    assert ((k >= 1) & (k <= 25)).all()
+    assert ((k[:2] >= 1) & (k[:2] <= 25)).all() and (k[2] == 0).all()  # the mislabelled sample: margin 0
     assert (m.margin[~m.flipped] == MAX_MARGIN).all()
     assert (m.adjacent[m.flipped] != cnn.y[:, None].expand_as(m.adjacent)[m.flipped]).all()
-    assert m.forward_passes == int(k.sum())
+    assert m.forward_passes == int(k.sum()) + 3
 
 
 def test_coarse_to_fine_costs_less_and_never_finds_an_earlier_flip(cnn: CNNCase) -> None:
@@ -349,6 +353,8 @@ def test_work_queue_keeps_every_forward_call_full_until_it_drains(mode: str) -> 
     CALLS.clear()
     m = scan(Recording(c.model), c.x, c.y, c.directions, cfg(batch_size=7, mode=mode))
     assert sum(CALLS) == m.forward_passes
+    assert CALLS[0] == 6  # the samples themselves (are they classified correctly?)
+    del CALLS[0]
     full = [n == 7 for n in CALLS]
     n_full = full.index(False) if False in full else len(full)
     # Full batches while searches wait, then the last 7 drain: never more than 7, never growing.
@@ -485,6 +491,8 @@ def test_fingerprint_changes_with_weights_samples_and_settings() -> None:
     changed = [fingerprint(model, x, y, replace(c, **kw), 8) for kw in
                ({"step": 0.05}, {"max_margin": 0.4}, {"seed": 1}, {"mode": "coarse_to_fine"},
                 {"precision": "bf16"}, {"clip": True})]
+    assert base == fingerprint(model, x, y, replace(c, heldout_seed=7), 8)  # picks another search, not this one's result
+    changed.append(fingerprint(model, x, y, c, 8, directions_seed=c.seed + 1))
     changed += [fingerprint(model, x, y, c, 7), fingerprint(model, x[:7], y[:7], c, 8),
                 fingerprint(model, x, (y + 1) % 4, c, 8)]
     other = linear_classifier((2, 2, 2))[0]
@@ -514,3 +522,28 @@ def test_boundary_search_without_cache_dir_writes_nothing(tmp_path: Path, monkey
     m = boundary_search(model, data, replace(c, n_directions=3), 4)
     assert m.n_directions == 3 and m.n_samples == 12 and len(m.fingerprint) == 16
     assert list(tmp_path.iterdir()) == []
+
+
+def test_given_rows_are_searched_for_another_model_and_its_mistakes_are_counted() -> None:
+    """A comparison searches every model on the original's samples: rows given
+    are searched as they are (no fresh draw), a sample the other model gets
+    wrong has margin 0 towards its predicted class in every direction, and the
+    held-out seed gives other directions on the same samples."""
+    model, data, c = search_setup()
+    first = boundary_search(model, data, c, 4)
+    other, _ = linear_classifier((2, 2, 2))
+    with torch.no_grad():  # another model: shift class 0's score so it loses some of the samples
+        other[1].bias[0] -= 3.0
+    again = boundary_search(other, data, c, 4, rows=first.indices)
+    assert torch.equal(again.indices, first.indices) and torch.equal(again.labels, first.labels)
+    pred = other(data.x[first.indices]).argmax(1)
+    wrong = pred != first.labels
+    assert 0 < int(wrong.sum()) < len(wrong), "the setup must make the other model wrong on some samples, not all"
+    assert torch.equal(again.wrong, wrong) and again.n_wrong == int(wrong.sum())
+    assert (again.margin[wrong] == 0).all()
+    assert torch.equal(again.adjacent[wrong], pred[wrong][:, None].expand(-1, again.adjacent.shape[1]))
+    assert (again.margin[~wrong] > 0).all()
+    held = boundary_search(other, data, c, 4, rows=first.indices, directions_seed=c.heldout_directions_seed)
+    assert held.directions_seed == c.seed + 1 and again.directions_seed == c.seed
+    assert torch.equal(held.indices, first.indices) and held.fingerprint != again.fingerprint
+    assert not torch.equal(held.margin[~wrong], again.margin[~wrong])

@@ -137,8 +137,11 @@ def test_check_selection_accepts_the_defaults() -> None:
 
 @pytest.mark.parametrize("cfg, available, field", [
     (SelectionConfig(), 149, "selection.quota_low"),
-    (SelectionConfig(quota_low=10, quota_medium=120), 100, "selection.quota_medium"),
-    (SelectionConfig(quota_high=200, quota_medium=10, quota_low=10), 150, "selection.quota_high"),
+    # Quotas never grow with robustness: a medium or high quota is the binding one only when the tiers
+    # below it are empty (and their quota, unused, is at least as large).
+    (SelectionConfig(low_fraction=0.0, quota_medium=120, quota_low=120), 100, "selection.quota_medium"),
+    (SelectionConfig(high_fraction=1.0, low_fraction=0.0, quota_high=200, quota_medium=200, quota_low=200), 150,
+     "selection.quota_high"),
     (SelectionConfig(equal_quotas=True), 108, "selection.equal_quota"),
     (SelectionConfig(equal_quotas=True, equal_quota=151), 150, "selection.equal_quota"),
 ], ids=["low", "medium", "high", "equal-default", "equal-set"])
@@ -213,7 +216,8 @@ class Generated:
         self.model, _ = linear_classifier((8,), 4)
         data = balanced_points(self.model, (8,), 4, per_class=3)
         self.x, self.directions = data.x, orthogonal_directions(8, 8, seed=0)
-        self.margins = scan(self.model, data.x, data.y, self.directions, SearchConfig(device="cpu"))
+        # Unclipped: the points lie outside the pixel range, and the boundary geometry below is the unclipped walk's.
+        self.margins = scan(self.model, data.x, data.y, self.directions, SearchConfig(device="cpu", clip=False))
         self.cfg = SelectionConfig(high_fraction=0.25, low_fraction=0.5, quota_high=quotas[0], quota_medium=quotas[1],
                                    quota_low=quotas[2], directions_per_sample=directions_per_sample,
                                    strength_min=strength[0], strength_max=strength[1], seed=seed)

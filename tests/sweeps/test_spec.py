@@ -156,3 +156,56 @@ search: {metric: val_min_acc, num_trials: 2}
     message = str(info.value)
     assert message.startswith("bad.yaml:8: space: the combination selection.high_fraction=0.5, selection.low_fraction=0.6")
     assert "high_fraction + low_fraction must be <= 1" in message and "\n" not in message
+
+
+FL_QUOTAS = """\
+name: q
+experiment: fl
+base:
+  data: {dataset: mnist}
+  model: {arch: cnn_mnist_small}
+  train: {n_iterations: 0, epochs: 1}
+  selection: {quota_high: 4, quota_medium: 10, quota_low: 16}
+space:
+SPACE
+search: {metric: val_min_acc, num_trials: 2}
+"""
+
+
+@pytest.mark.parametrize("space, key, needle", [
+    ("  selection.quota_high: {int: [0, 8]}\n  selection.quota_medium: {int: [4, 16]}",
+     "space.selection.quota_high", "selection.quota_high may be drawn as 8 with selection.quota_medium 4"),
+    # issue #22: the old fl_quota.yaml space (~30 % of its draws were non-monotone); quota_low 8 is
+    # already refused beside the base's quota_medium 10, by the quotas' own check
+    ("  selection.quota_medium: {int: [4, 16]}\n  selection.quota_low: {int: [8, 20]}\n  selection.quota_high: {int: [0, 8]}",
+     "space.selection.quota_low", "value 8 is not allowed: quota_medium (10) must be <= quota_low (8)"),
+    ("  selection.quota_medium: {choice: [6, 12]}\n  selection.quota_low: {choice: [11, 20]}",
+     "space.selection.quota_medium", "selection.quota_medium may be drawn as 12 with selection.quota_low 11"),
+    ("  selection.quota_low: {choice: [12, 20]}\n  selection.quota_medium: {int: [8, 14]}",
+     "space.selection.quota_medium", "selection.quota_medium may be drawn as 14 with selection.quota_low 12"),
+    # A conditional quota keeps the base's value when its condition fails.
+    ("  selection.equal_quotas: {choice: [false, true]}\n  selection.quota_medium: {int: [4, 6], when: {selection.equal_quotas: true}}\n"
+     "  selection.quota_high: {int: [4, 8]}",
+     "space.selection.quota_high", "selection.quota_high may be drawn as 8 with selection.quota_medium 4"),
+    ("  selection.budget: {choice: [50, 100]}\n  selection.quota_low: {int: [16, 20]}",
+     "space.selection.quota_low", "explicit quotas are ignored when selection.budget is set"),
+    ("  selection.high_ratio: {uniform: [0.0, 1.0]}",
+     "space.selection.high_ratio", "the ratios set quotas only with selection.budget"),
+], ids=["overlapping-ranges", "old-example", "overlapping-choices", "names-the-lower-quota", "conditional", "with-a-budget",
+        "ratios-alone"])
+def test_an_fl_space_cannot_draw_non_monotone_quotas(space: str, key: str, needle: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_sweep(FL_QUOTAS.replace("SPACE", space), "q.yaml")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"q.yaml:{_line_of(FL_QUOTAS.replace('SPACE', space), key[6:] + ':')}: {key}: ")
+    assert needle in message
+    assert "selection.budget" in message or "set budget and vary medium_ratio and high_ratio" in message
+
+
+def test_an_fl_space_of_ordered_quotas_or_ratios_is_accepted() -> None:
+    ordered = "  selection.quota_high: {int: [0, 4]}\n  selection.quota_medium: {int: [4, 10]}\n  selection.quota_low: {choice: [10, 16]}"
+    assert len(parse_sweep(FL_QUOTAS.replace("SPACE", ordered)).config.space) == 3
+    ratios = "  selection.medium_ratio: {uniform: [0.0, 1.0]}\n  selection.high_ratio: {uniform: [0.0, 1.0]}"
+    text = FL_QUOTAS.replace("SPACE", ratios).replace("quota_low: 16}", "quota_low: 16, budget: 500}")
+    config = parse_sweep(text).config
+    assert config.base.selection.budget == 500 and set(config.space) == {"selection.medium_ratio", "selection.high_ratio"}
