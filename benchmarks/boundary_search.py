@@ -8,7 +8,9 @@ the local MNIST training split (seeded; `--weights` loads a state dict or a
 come from a real model. `--samples` S correctly classified training samples
 (`fl.search.draw_samples`, stratified) are searched along `--directions` D
 random orthogonal directions (`fl.directions.orthogonal_directions`) in both
-signs, at the paper's step 0.02 and range 0.5 (25 steps).
+signs, at the paper's step 0.02 and range 0.5 (25 steps), every point
+clipped to the pixel range as He et al.'s search does (`search.clip`, the
+default; the naive loop clips the same way).
 
 Measured, in this order:
   - the naive loop (`fl.search.naive_scan`: one image per forward call,
@@ -158,9 +160,11 @@ class Row:
 
 def exact_passes(m: Margins, max_steps: int) -> Tensor:
     """Forward passes the exact linear scan makes per sample, from its result:
-    the flipped step of each flipped search, max_steps for each N/A search."""
+    one at the sample itself (is it classified correctly?), then the flipped
+    step of each flipped search and max_steps for each N/A search (a
+    misclassified sample is not searched: its margins are 0)."""
     steps = torch.where(m.adjacent != NA, torch.round(m.margin / m.step).long(), max_steps)
-    return steps.sum(1)
+    return steps.sum(1) + 1
 
 
 def compare(a: Margins, b: Margins, step: float) -> dict[str, float | int]:
@@ -326,14 +330,14 @@ def main() -> None:
     print(f"reference: the model alone, one image per forward call: {single_rate:.0f} forward passes/s", flush=True)
 
     # (a) The naive loop, sample by sample.
-    naive_scan(model, x[:1], y[:1], dirs[:1], step, max_steps)  # warm-up
+    naive_scan(model, x[:1], y[:1], dirs[:1], step, max_steps, clip=base.clip)  # warm-up
     n_target = args.naive_samples
     print(f"measuring the naive loop ({'%d samples' % n_target if n_target else '~%g s' % args.seconds})...", flush=True)
     parts: list[Margins] = []
     naive_seconds = 0.0
     while len(parts) < (n_target or S):
         i = len(parts)
-        m, sec = timed(lambda: naive_scan(model, x[i : i + 1], y[i : i + 1], dirs, step, max_steps), device)
+        m, sec = timed(lambda: naive_scan(model, x[i : i + 1], y[i : i + 1], dirs, step, max_steps, clip=base.clip), device)
         parts.append(m)
         naive_seconds += sec
         if n_target is None and naive_seconds >= args.seconds:
