@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean-runs
+.PHONY: demo test install clean-runs screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: $(VENV)/.installed
 ## make test: install with the test extra, then run every test (slow ones included).
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make screenshot: the README's picture of MLflow's Compare page (runs the quickstart; needs chromium).
+screenshot: $(VENV)/.installed
+	$(BIN)/python docs/screenshots/take.py
 
 clean-runs:
 	rm -rf runs

@@ -49,11 +49,10 @@ from cnnf.data import load_splits
 from cnnf.plots import accuracy_vs_eps
 from cnnf.report import EvalReport
 from cnnf.tables import _markdown, checks_table
-from fl.config import FLConfig, FLEvalConfig, RetrainConfig, SearchConfig, SelectionConfig
+from fl.config import FLConfig, FLEvalConfig, RetrainConfig, SearchConfig, SelectionConfig, equal_quota
 from fl.pipeline import (Variant, VariantOutcome, centre_images, continue_training, measure_variant, retrain, search_again,
                          search_margins, train_base)
 from fl.plots import class_centres, class_robustness, margin_heatmap
-from fl.select import equal_quota
 from fl.stats import MarginStats, margin_stats, r_spread
 from fl.tables import adjacent_share_table, centre_table, fl_table, robustness_table
 

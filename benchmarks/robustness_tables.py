@@ -38,7 +38,8 @@ from pathlib import Path
 
 from cnnf.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from cnnf.data import load_splits
-from cnnf.evaluate import AttackSpec, EvalProgress, cnnf_paper_suite, evaluate, fl_paper_suite
+from cnnf.evaluate import EvalProgress, evaluate
+from cnnf.suite import AttackSpec, cnnf_paper_suite, fl_paper_suite
 from cnnf.plots import accuracy_vs_eps
 from cnnf.report import EvalReport
 from cnnf.tables import checks_table, cnnf_table, fl_table

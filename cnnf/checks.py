@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cnnf.attacks import ATTACKS
-from cnnf.evaluate import AttackSpec
+from cnnf.suite import AttackSpec
 from cnnf.report import CHECK_NAMES, AttackResult, Check, CheckStatus, Curve
 
 if TYPE_CHECKING:

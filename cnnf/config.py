@@ -153,7 +153,7 @@ class TrainConfig:
 class EvalConfig:
     """Clean accuracy, Linf PGD against the first pass and end to end, FGSM,
     an optional accuracy-vs-eps curve and the integrity checks
-    (`cnnf.evaluate.suite_from_config`)."""
+    (`cnnf.suite.suite_from_config`)."""
 
     n_iterations: Optional[int] = None  # feedback iterations at test time; None: train.n_iterations
     prediction: Literal["first", "last", "avg"] = "avg"

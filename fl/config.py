@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Literal, Optional
+from fractions import Fraction
+from typing import Literal, Optional, Sequence
 
 from cnnf.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, TrainConfig, require
 
@@ -101,7 +102,7 @@ class SelectionConfig:
       quota_high / quota_medium, both in [0, 1], so every point of the space
       is monotone and ratios 1 / 1 give equal quotas. The defaults 2/3 and
       0.2 are the paper's ratios (1090 over 10 classes gives 20 / 100 / 150).
-      The explicit quota fields are then ignored; `fl.select.class_quotas`
+      The explicit quota fields are then ignored; `fl.config.class_quotas`
       gives the exact formula and rounding (the total is exactly `budget`).
 
     `equal_quotas` is reduced FL: no inequality compensation, every class gets
@@ -155,6 +156,116 @@ class SelectionConfig:
                 f"the strength range is empty: strength_min {self.strength_min} > strength_max {self.strength_max}")
 
 
+# --- tier arithmetic of SelectionConfig (fl-spec step 4) -----------------------
+# Module functions of the config rather than of fl.select, so that validating a
+# config (FLConfig.__post_init__ -> check_selection) needs no torch and no cycle.
+
+TIERS = ("high", "medium", "low")
+RATIO_DENOMINATOR = 10**6  # medium_ratio / high_ratio are read as fractions with at most this denominator
+
+
+def tier_sizes(cfg: SelectionConfig, n_classes: int) -> tuple[int, int, int]:
+    """Classes in the (high, medium, low) tiers."""
+    high = int(round(cfg.high_fraction * n_classes))
+    low = int(round(cfg.low_fraction * n_classes))
+    return high, n_classes - high - low, low
+
+
+def tier_quotas(cfg: SelectionConfig, n_classes: int) -> tuple[Fraction, Fraction, Fraction]:
+    """The exact (unrounded) per-class quotas (high, medium, low) of a budget:
+    with tier sizes (n_h, n_m, n_l), r_m = medium_ratio, r_h = high_ratio,
+
+        q_low = budget / (n_l + n_m * r_m + n_h * r_m * r_h),
+        q_medium = r_m * q_low,  q_high = r_h * q_medium,
+
+    so n_h q_high + n_m q_medium + n_l q_low = budget. Ratios are read as the
+    nearest fraction with a denominator <= 10**6, so 2/3 and 0.2 are exact.
+    ConfigError (selection.budget) when no tier can take a share."""
+    require(cfg.budget is not None, "selection.budget", "tier quotas from a budget need selection.budget")
+    high, medium, low = tier_sizes(cfg, n_classes)
+    r_m = Fraction(cfg.medium_ratio).limit_denominator(RATIO_DENOMINATOR)
+    r_h = Fraction(cfg.high_ratio).limit_denominator(RATIO_DENOMINATOR)
+    shares = low + medium * r_m + high * r_m * r_h
+    require(shares > 0, "selection.budget",
+            f"no tier takes a share of the budget: {low} low classes, and medium_ratio {cfg.medium_ratio} / high_ratio "
+            f"{cfg.high_ratio} give the {medium} medium and {high} high classes nothing")
+    q_low = Fraction(cfg.budget) / shares
+    return r_h * r_m * q_low, r_m * q_low, q_low
+
+
+def class_quotas(cfg: SelectionConfig, n_classes: int) -> tuple[int, ...]:
+    """FL quotas by rank (most robust class first; high, medium, low tier).
+
+    Explicit quotas (budget None): each tier's quota. With a budget: each
+    class's `tier_quotas` rounded down, then the samples those roundings
+    dropped (fewer than n_classes) one each to the least robust classes. The
+    total is exactly the budget, the quotas never grow with robustness, and
+    within a tier they differ by at most one."""
+    high, medium, low = tier_sizes(cfg, n_classes)
+    if cfg.budget is None:
+        return (cfg.quota_high,) * high + (cfg.quota_medium,) * medium + (cfg.quota_low,) * low
+    q_high, q_medium, q_low = tier_quotas(cfg, n_classes)
+    floors = [math.floor(q) for q in (q_high,) * high + (q_medium,) * medium + (q_low,) * low]
+    dropped = cfg.budget - sum(floors)  # the fractional parts' sum: an integer in [0, n_classes)
+    return tuple(q + (rank >= n_classes - dropped) for rank, q in enumerate(floors))
+
+
+def equal_quota(cfg: SelectionConfig, n_classes: int) -> int:
+    """Reduced FL's per-class quota: `equal_quota` if set; else, by
+    `reduced_size`, the FL total (`class_quotas`: the budget, or the explicit
+    quotas' sum) spread evenly, rounded half to even ("equal_total", so the
+    total is within n_classes / 2 of FL's), or FL's largest class quota
+    ("max_quota": more samples than FL, no compensation)."""
+    if cfg.equal_quota is not None:
+        return cfg.equal_quota
+    quotas = class_quotas(cfg, n_classes)
+    if cfg.reduced_size == "max_quota":
+        return max(quotas)
+    return int(round(sum(quotas) / n_classes))
+
+
+def reduced_at_budget(cfg: SelectionConfig, n_classes: int) -> SelectionConfig:
+    """Reduced FL at the same budget as cfg's FL: equal quotas whose total is
+    FL's ("equal_total", ignoring `equal_quota` and `reduced_size`), with cfg's
+    generation settings and seed. Every setting that cannot change its plan or
+    examples (tiers, ratios, explicit quotas) is reset, so configs that
+    differ only in how FL spreads one budget give the same baseline config."""
+    q = equal_quota(replace(cfg, equal_quota=None, reduced_size="equal_total"), n_classes)
+    quotas: dict = {"equal_quota": q} if q >= 1 else {"quota_high": 0, "quota_medium": 0, "quota_low": 0}
+    return SelectionConfig(equal_quotas=True, directions_per_sample=cfg.directions_per_sample, strength_min=cfg.strength_min,
+                           strength_max=cfg.strength_max, seed=cfg.seed, **quotas)
+
+
+def check_selection(cfg: SelectionConfig, n_classes: int, samples_per_class: Sequence[int]) -> None:
+    """Reject settings no run could satisfy, before any work starts: an empty
+    tier that has a quota, a budget no tier can take, a quota larger than the
+    searched samples of the smallest class."""
+    high, medium, low = tier_sizes(cfg, n_classes)
+    require(high + low <= n_classes, "selection.low_fraction", f"high and low tiers overlap with {n_classes} classes")
+    available = min(samples_per_class)
+    exact = tier_quotas(cfg, n_classes) if cfg.budget is not None else None
+    if cfg.equal_quotas:
+        q = equal_quota(cfg, n_classes)
+        require(q <= available, "selection.equal_quota",
+                f"quota {q} exceeds the {available} searched samples per class (search.n_samples)")
+        return
+    for name, size, frac in (("high", high, "high_fraction"), ("low", low, "low_fraction")):
+        quota = getattr(cfg, f"quota_{name}") if exact is None else exact[TIERS.index(name)]
+        require(size > 0 or quota == 0 or getattr(cfg, frac) == 0, f"selection.{frac}",
+                f"the {name} tier is empty: {getattr(cfg, frac)} of {n_classes} classes rounds to 0 classes")
+    if exact is not None:
+        largest = max(class_quotas(cfg, n_classes))
+        require(largest <= available, "selection.budget",
+                f"{cfg.budget} samples with medium_ratio {cfg.medium_ratio} and high_ratio {cfg.high_ratio} give a class "
+                f"{largest} samples, more than the {available} searched per class (search.n_samples); lower the budget "
+                "or raise the ratios")
+        return
+    for name, size in zip(TIERS, (high, medium, low)):
+        quota = getattr(cfg, f"quota_{name}")
+        require(size == 0 or quota <= available, f"selection.quota_{name}",
+                f"quota {quota} exceeds the {available} searched samples per class (search.n_samples)")
+
+
 @dataclass(frozen=True)
 class RetrainConfig:
     """Retraining from the trained base model on original + generated data
@@ -173,7 +284,7 @@ class RetrainConfig:
 
 @dataclass(frozen=True)
 class FLEvalConfig:
-    """The paper's Table III attacks (`cnnf.evaluate.fl_paper_suite`) and an
+    """The paper's Table III attacks (`cnnf.suite.fl_paper_suite`) and an
     FGSM accuracy-vs-strength curve. The paper tuned strengths per dataset
     without publishing them; these are MNIST-scale defaults in pixel units."""
 
@@ -242,7 +353,6 @@ class FLConfig:
     def __post_init__(self) -> None:
         self.base_experiment()  # its errors name model.arch, train.n_iterations, ... as here
         from cnnf.data import dataset_info
-        from fl.select import check_selection
 
         info = dataset_info(self.data.dataset)
         dim = info.input_shape[0] * info.input_shape[1] * info.input_shape[2]

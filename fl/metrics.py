@@ -8,7 +8,7 @@ the control's validation accuracies, and, when the retrained model is
 searched again (`eval.margins_after`), its own R and spread.
 
 Beside them, the reduced-FL baseline at the same budget (`REDUCED`, see
-`fl.select.reduced_at_budget`): equal quotas choosing as many samples as
+`fl.config.reduced_at_budget`): equal quotas choosing as many samples as
 the trial's FL, so a quota sweep asks the paper's question, whether
 compensating the inequality beats spreading the same samples evenly. It
 gives `reduced_` + the validation accuracies, `reduced_n_generated` and,

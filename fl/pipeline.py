@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from cnnf.data import ArrayDataset, DataSplits
-from cnnf.evaluate import EvalProgress, Suite, evaluate, fl_paper_suite
+from cnnf.evaluate import EvalProgress, evaluate
+from cnnf.suite import Suite, fl_paper_suite
 from cnnf.models import FeedbackNet, InferenceModel
 from cnnf.report import EvalReport
 from cnnf.train import EpochCallback, EpochResult, FitResult, TrainState, build_model, fit, resolve_device
@@ -32,7 +33,7 @@ from fl.config import FLConfig
 from fl.directions import orthogonal_directions
 from fl.search import Margins, Progress, boundary_search, scan
 from fl.select import SelectionPlan, generate, plan_selection
-from fl.stages import cached_stage, config_key
+from cnnf.stages import cached_stage, config_key
 from fl.stats import MarginStats, margin_stats
 
 Log = Callable[[str], None]

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from cnnf.data import INPUT_RANGE, ArrayDataset, to_input_units
 from fl.config import SearchConfig, samples_per_class
 from fl.directions import orthogonal_directions
-from fl.stages import cached_stage
+from cnnf.stages import cached_stage
 
 NA = -1  # adjacent class of a search that never flipped
 Progress = Callable[[int, int], None]  # (finished searches, total searches)

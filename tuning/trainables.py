@@ -18,14 +18,15 @@ import torch
 
 from cnnf.config import ExperimentConfig
 from cnnf.data import check_available, dataset_info, load_splits
-from cnnf.evaluate import Suite, evaluate, suite_from_config
+from cnnf.evaluate import evaluate
+from cnnf.suite import Suite, suite_from_config
 from cnnf.models import InferenceModel
 from cnnf.plots import accuracy_vs_eps
 from cnnf.report import EvalReport, mean_std
 from cnnf.tables import checks_table, cnnf_table
 from cnnf.train import EpochResult, TrainState, build_model, fit, load_train_state, save_train_state, transfer_source
 
-from fl.config import FLConfig
+from fl.config import FLConfig, reduced_at_budget
 from fl.metrics import SPLITS as FL_SPLITS
 from fl.metrics import ReducedBaseline, comparison_metrics
 from fl.metrics import metric_names as fl_metric_names
@@ -33,8 +34,7 @@ from fl.pipeline import (centre_images, centre_margins, continue_training, evalu
                          search_margins, train_base)
 from fl.plots import class_centres, class_robustness, margin_heatmap
 from fl.search import Margins
-from fl.select import reduced_at_budget
-from fl.stages import cached_stage, config_key
+from cnnf.stages import cached_stage, config_key
 from fl.stats import MarginStats, margin_stats
 from fl.tables import adjacent_share_table, centre_table, fl_table, robustness_table
 from tuning.cluster import trial_placement
@@ -391,7 +391,7 @@ REDUCED_NAME = "reduced FL, same budget"  # the reduced-FL baseline in a trial's
 
 def _reduced_baseline(cfg: FLConfig, net: torch.nn.Module, splits: Any, margins: Margins, stats: MarginStats,
                       stages: Optional[Path]) -> ReducedBaseline:
-    """Reduced FL at the trial's budget (`fl.select.reduced_at_budget`), a
+    """Reduced FL at the trial's budget (`fl.config.reduced_at_budget`), a
     shared stage: retrained, evaluated and (eval.margins_after) searched once
     for all trials whose FL chooses as many samples with the same seeds and
     generation settings, whatever their quotas."""

@@ -1,5 +1,5 @@
 """The quota search space (issue #22): a budget spread by two ordered ratios
-(`fl.select.class_quotas`), explicit quotas that must not grow with
+(`fl.config.class_quotas`), explicit quotas that must not grow with
 robustness, the two sizes of reduced FL, the reduced-FL baseline at the same
 budget and its metric names."""
 
@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from cnnf.config import ConfigError
-from fl.config import FLConfig, FLEvalConfig, SearchConfig, SelectionConfig, samples_per_class
+from fl.config import (FLConfig, FLEvalConfig, SearchConfig, SelectionConfig, check_selection, class_quotas, equal_quota,
+                        reduced_at_budget, samples_per_class, tier_quotas)
 from fl.metrics import REDUCED, VS_REDUCED, ReducedBaseline, comparison_metrics, metric_names
 from fl.search import NA, Margins
-from fl.select import check_selection, class_quotas, equal_quota, plan_selection, reduced_at_budget, tier_quotas
+from fl.select import plan_selection
 from fl.stats import margin_stats
 
 R10 = torch.tensor([0.5, 3.0, 1.0, 0.2, 2.5, 0.9, 1.1, 0.8, 0.3, 1.5], dtype=torch.float64)  # as in test_select

@@ -13,10 +13,11 @@ import torch
 from torch import Tensor
 
 from cnnf.config import ConfigError
-from fl.config import SearchConfig, SelectionConfig, samples_per_class
+from fl.config import (SearchConfig, SelectionConfig, check_selection, class_quotas, equal_quota, samples_per_class,
+                        tier_sizes)
 from fl.directions import orthogonal_directions
 from fl.search import NA, Margins, scan
-from fl.select import SelectionPlan, check_selection, class_quotas, equal_quota, generate, plan_selection, tier_sizes
+from fl.select import SelectionPlan, generate, plan_selection
 from fl.stats import margin_stats
 from tests.fl.test_search import balanced_points, linear_classifier, predicted
 

@@ -23,7 +23,7 @@ import torch
 
 from cnnf.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig
 from cnnf.train import build_model, transfer_source
-from fl.stages import config_key
+from cnnf.stages import config_key
 
 # --- the transfer source (fast) ----------------------------------------------------------
 

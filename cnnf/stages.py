@@ -1,10 +1,11 @@
-"""Stages computed once and reused: the trained base model and its margins.
+"""Stages computed once and reused by every trial of a sweep that needs them.
 
-A quota sweep's trials share the same base model and margins; whichever
-trial needs a stage first computes it while the others wait on a file lock,
-then everyone loads the stored result. Stage files are keyed by their own
-config (`config_key`), written atomically, and never overwritten.
-"""
+A feedback-learning sweep's trials share the trained base model and its
+margins; CNN-F trials that start from the plain CNN (`init_from_cnn`) share
+that CNN. Whichever trial needs a stage first computes it while the others
+wait on a file lock, then everyone loads the stored result. Stage files are
+keyed by their own config (`config_key`), written atomically, and never
+overwritten. Generic (no model code), so both `fl` and the sweep layer use it."""
 
 from __future__ import annotations
 
