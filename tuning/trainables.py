@@ -30,8 +30,8 @@ from fl.config import FLConfig, reduced_at_budget
 from fl.metrics import SPLITS as FL_SPLITS
 from fl.metrics import ReducedBaseline, comparison_metrics
 from fl.metrics import metric_names as fl_metric_names
-from fl.pipeline import (centre_images, centre_margins, continue_training, evaluate_model, fl_suites, retrain, scored_model, search_again,
-                         search_margins, train_base)
+from fl.pipeline import (centre_images, centre_margins, centre_of, continue_training, evaluate_model, fl_suites, retrain,
+                         scored_model, search_again, search_margins, train_base)
 from fl.plots import class_centres, class_robustness, margin_heatmap
 from fl.search import Margins
 from cnnf.stages import cached_stage, config_key
@@ -473,9 +473,11 @@ def train_fl(config: dict[str, Any], *, base: FLConfig, cpus: float, gpus: float
         reports = evaluate_model(variant.net, splits, rcfg, split_names=FL_SPLITS)
         all_stats = [("original", stats)]
         after = heldout = base_heldout = None
+        centre_margin = None
         if rcfg.eval.margins_after:
             # The original's samples, along its directions (those the examples were made from) and held-out ones.
-            after = margin_stats(search_again(variant.net, splits, margins, rcfg, stage_dir=stages), splits.n_classes)
+            again = search_again(variant.net, splits, margins, rcfg, stage_dir=stages)
+            after, centre_margin = margin_stats(again, splits.n_classes), centre_of(again, stats)
             all_stats.append((variant.name, after))
             heldout = margin_stats(search_again(variant.net, splits, margins, rcfg, heldout=True, stage_dir=stages),
                                    splits.n_classes)
@@ -488,8 +490,9 @@ def train_fl(config: dict[str, Any], *, base: FLConfig, cpus: float, gpus: float
                                    **comparison_metrics(reports, base_reports, control_reports, stats, variant.n_generated, after,
                                                         reduced, heldout, base_heldout),
                                    **_timings(variant.history, reports, started)}
-        centre = [("original", stats.centre_margin.tolist()),
-                  (variant.name, centre_margins(variant.net, splits, margins, stats, rcfg).tolist())]
+        if centre_margin is None:
+            centre_margin = centre_margins(variant.net, splits, margins, stats, rcfg)
+        centre = [("original", stats.centre_margin.tolist()), (variant.name, centre_margin.tolist())]
         extra = {"eval": [reports["val"].as_dict(), reports["test"].as_dict()], "plan": variant.plan.as_dict() if variant.plan else None,
                  "margins": {name: s.as_dict() for name, s in all_stats},
                  "margins_heldout": {name: s.as_dict() for name, s in (("original", base_heldout), (variant.name, heldout))

@@ -13,7 +13,7 @@ import torch
 from cnnf.config import DataConfig, TrainConfig
 from cnnf.data import load_splits
 from fl.config import FLConfig, FLEvalConfig, RetrainConfig, SearchConfig, SelectionConfig
-from fl.pipeline import evaluate_model, retrain, run_feedback_learning, search_margins, train_base
+from fl.pipeline import centre_margins, evaluate_model, retrain, run_feedback_learning, search_margins, train_base
 from fl.stats import margin_stats
 
 pytestmark = pytest.mark.slow
@@ -96,6 +96,10 @@ def test_run_compares_original_fl_and_reduced_fl(splits, tmp_path: Path) -> None
         assert not torch.equal(o.heldout.margin, o.margins.margin)
         assert o.stats.n_samples == o.heldout_stats.n_samples == 20 and o.stats.n_wrong == o.heldout_stats.n_wrong
     assert run.outcomes["original"].stats.n_wrong == 0  # drawn from its correctly classified images
+    # The class-centre margins read off a retrained model's search equal a fresh scan of just those samples.
+    fl = run.outcomes["fl"]
+    torch.testing.assert_close(fl.centre_margin, centre_margins(fl.variant.net, splits, run.margins, run.stats, TINY),
+                               rtol=0, atol=0, equal_nan=True)
     assert torch.equal(run.outcomes["original"].centre_margin, run.stats.centre_margin)
     # The last progress call of each search reports it finished: every direction of each correctly classified sample.
     for name in ("original", "fl", "reduced_fl", "original (held-out)", "fl (held-out)"):
