@@ -413,6 +413,9 @@ def _max_epochs(cfg: SweepConfig, kind: ExperimentKind) -> int:
 
 
 def _scheduler(cfg: SweepConfig, kind: ExperimentKind) -> Any:
+    # Rungs count the trial's own epochs, not Tune's reports: a trial resumed
+    # from a checkpoint newer than the one Tune recorded
+    # (trainables._successor_states) has its iteration count one behind.
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
 
     sc = cfg.scheduler
@@ -421,12 +424,12 @@ def _scheduler(cfg: SweepConfig, kind: ExperimentKind) -> Any:
     metric, mode = cfg.scheduler_metric
     max_t = sc.max_t or _max_epochs(cfg, kind)
     if sc.name == "asha":
-        return ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t,
+        return ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=max_t,
                              grace_period=sc.grace_period, reduction_factor=sc.reduction_factor)
     if sc.name == "hyperband":
-        return HyperBandScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t,
+        return HyperBandScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=max_t,
                                   reduction_factor=sc.reduction_factor)
-    return MedianStoppingRule(time_attr="training_iteration", metric=metric, mode=mode, grace_period=sc.grace_period,
+    return MedianStoppingRule(time_attr="epoch", metric=metric, mode=mode, grace_period=sc.grace_period,
                               min_samples_required=sc.min_samples_required)
 
 

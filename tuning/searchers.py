@@ -184,7 +184,7 @@ class OptunaSweepSearcher(Searcher):
         metric = self.metrics[0]
         if len(self.metrics) == 1 and metric in result and not result.get(FINAL_KEY):
             number = self._number(trial_id, result)
-            step = int(result.get("training_iteration", 0))
+            step = int(result.get("epoch", result.get("training_iteration", 0)))  # the epoch, as the schedulers count
             if number is not None and _finite(result[metric]):
                 trial = self.study.get_trials(deepcopy=False)[number]
                 if not trial.state.is_finished() and step not in trial.intermediate_values:

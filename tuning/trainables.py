@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -240,9 +241,39 @@ def _start_trial(cpus: float, n_replicates: int = 1, gpus: float = 0.0) -> list[
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return [None] * n_replicates
+    if checkpoint.filesystem.type_name == "local" and not (Path(checkpoint.path) / _state_file(0)).exists():
+        return _successor_states(Path(checkpoint.path), n_replicates)
     with checkpoint.as_directory() as d:
-        return [load_train_state(Path(d) / _state_file(i)) if (Path(d) / _state_file(i)).exists() else None
-                for i in range(n_replicates)]
+        return _load_states(Path(d), n_replicates)
+
+
+def _load_states(folder: Path, n_replicates: int) -> list[Optional[TrainState]]:
+    return [load_train_state(folder / _state_file(i)) if (folder / _state_file(i)).exists() else None
+            for i in range(n_replicates)]
+
+
+def _successor_states(missing: Path, n_replicates: int) -> list[Optional[TrainState]]:
+    """The states of the newest complete checkpoint beside `missing`, the
+    checkpoint Tune restored the trial from but which is gone.
+
+    Tune keeps one checkpoint per trial: registering a trial's new checkpoint
+    deletes the previous one at once, and the experiment state that names the
+    new one is saved later in the same controller step. A driver killed in
+    between leaves a state naming the deleted checkpoint. Its successor is
+    complete (the trial wrote it before reporting) and its epoch was already
+    handed to the callbacks, so the trial goes on from there instead of from
+    scratch, and no epoch is trained or logged twice.
+    """
+    for folder in sorted(missing.parent.glob("checkpoint_*"), reverse=True):
+        try:
+            states = _load_states(folder, n_replicates)
+        except Exception:  # noqa: BLE001 - a checkpoint cut short by the kill: try the one before
+            continue
+        if states[0] is not None:
+            print(f"trial resumes from {folder.name} (epoch {states[0].epoch}): the checkpoint Tune restored, "
+                  f"{missing.name}, was deleted before Tune saved its state", file=sys.stderr, flush=True)
+            return states
+    raise FileNotFoundError(f"{missing}: the checkpoint to resume from is gone and no complete checkpoint is beside it")
 
 
 def trial_device(requested: str, gpus: float) -> str:
