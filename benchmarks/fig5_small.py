@@ -30,7 +30,7 @@ Epsilons are in [0, 1] pixel units; the attack converts to the [-1, 1] inputs.
 Writes <out>/results.json (every number, the config, timings) after every
 phase, and <out>/fig5.png at the end; the host (CPU model, avx2 / avx512f /
 avx512_bf16 / amx flags, threads) is printed first and stored under "host".
-Run `--quick` for a ~2 minute smoke test; see docs/fig5.md for the full
+Run `--quick` for a ~2 minute smoke test; see docs/reproductions/fig5.md for the full
 command. Everything runs in fp32: nothing to skip on a CPU without native
 bf16.
 """

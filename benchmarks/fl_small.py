@@ -27,9 +27,9 @@ What it runs, all on one sample set and in fp32 on the CPU:
 Stages (trained models, margins) are kept in `--out`/state/ and reused on a
 rerun (delete it to start over). The host is printed first and stored under
 "host" in results.json. Writes results.md, results.json and the figures to
-`--out`; docs/fl/README.md is the hand-written reading of them.
+`--out`; docs/reproductions/fl/README.md is the hand-written reading of them.
 
-    CNNF_DATA_ROOT=../shared/datasets .venv/bin/python benchmarks/fl_small.py [--out docs/fl]
+    CNNF_DATA_ROOT=../shared/datasets .venv/bin/python benchmarks/fl_small.py [--out docs/reproductions/fl]
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--unclipped-models", default="original,fl", help="models also searched unclipped")
     parser.add_argument("--n-eval", type=int, default=1000)
     parser.add_argument("--no-adv", action="store_true", help="leave out the adversarially trained model")
-    parser.add_argument("--out", default="docs/fl")
+    parser.add_argument("--out", default="docs/reproductions/fl")
     args = parser.parse_args()
     heldout_models, unclipped_models = set(args.heldout_models.split(",")) - {""}, set(args.unclipped_models.split(",")) - {""}
     unknown = (heldout_models | unclipped_models) - set(NAMES)

@@ -24,7 +24,7 @@ fp32: nothing to skip on a CPU without native bf16.
 
 The full benchmark:
 
-    CNNF_DATA_ROOT=../shared/datasets .venv/bin/python benchmarks/robustness_tables.py [--out docs/robustness]
+    CNNF_DATA_ROOT=../shared/datasets .venv/bin/python benchmarks/robustness_tables.py [--out docs/reproductions/robustness]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--n-eval", type=int, default=200)
     parser.add_argument("--pgd-steps", type=int, default=20)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="attack seeds (mean ± std)")
-    parser.add_argument("--out", default="docs/robustness")
+    parser.add_argument("--out", default="docs/reproductions/robustness")
     args = parser.parse_args()
     host = print_host("cpu")
     out = Path(args.out)

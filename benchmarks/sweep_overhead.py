@@ -26,8 +26,9 @@ measures its own compute (CPU time of its thread around the work,
 `time.thread_time`) and reports it cumulatively as the metric `compute_s`; it
 also writes its start and end wall-clock times to a probe file. The
 trainable is defined in this script, so Ray pickles it by value and a worker
-imports only torch and ray.tune (a real trial's worker also imports
-tuning.trainables, cnnf and fl: its start-up costs a little more).
+imports only torch and ray.tune (a real trial's worker also imports its kind's
+module in tuning.kinds, tuning.replicates, cnnf and fl: its start-up costs a
+little more).
 
 Figures, per engine and workload (each in a fresh Ray session started with
 `ray.init(address="local", num_cpus=cores, include_dashboard=False)`, which
@@ -182,7 +183,7 @@ def load_bench_model(checkpoint_dir: Path, cfg: BenchConfig) -> tuple[Any, Any]:
 
 
 def register_kind() -> None:
-    from tuning.experiments import EXPERIMENTS, ExperimentKind, register_experiment
+    from tuning.kinds import EXPERIMENTS, ExperimentKind, register_experiment
 
     if KIND in EXPERIMENTS:
         return
@@ -340,7 +341,7 @@ def warm_imports() -> dict[str, float]:
     groups = {
         "common (torch, ray.tune, optuna, mlflow)": ["torch", "ray", "ray.tune", "optuna", "mlflow"],
         "ours (tuning.*, cnnf, fl, mlflow.pytorch, matplotlib)": [
-            "tuning.runner", "tuning.trainables", "tuning.tracking", "tuning.searchers", "mlflow.pytorch", "matplotlib.pyplot"],
+            "tuning.runner", "tuning.kinds.cnnf", "tuning.kinds.fl", "tuning.replicates", "tuning.tracking", "tuning.searchers", "mlflow.pytorch", "matplotlib.pyplot"],
         "baseline (ray.tune.search.optuna, ray.air.integrations.mlflow)": [
             "ray.tune.search.optuna", "ray.air.integrations.mlflow"],
     }
@@ -406,16 +407,16 @@ class Breakdown:
             self.wrap(MlflowClient, name, f"MlflowClient.{name} (anywhere)")
         if engine != "ours":
             return
-        import tuning.runner as runner
         import tuning.tracking as tracking
 
+        # Public names only: the tracker's methods and the functions the callbacks call.
         # inside callbacks: on_trial_complete
         self.wrap(tracking, "log_torch_model", "  ours, in on_trial_complete: log_torch_model (mlflow.pytorch)")
         self.wrap(tracking, "plot_trial", "  ours, in on_trial_complete: plot_trial (matplotlib)")
-        self.wrap(runner, "_finish_parent", "ours: _finish_parent (trials.csv, sweep plot)")
-        self.wrap(runner, "_git_commit", "ours: _git_commit")
         self.wrap(tracking.SweepTracker, "__init__", "ours: SweepTracker.__init__ (MLflow store)")
         self.wrap(tracking.SweepTracker, "start_parent", "ours: SweepTracker.start_parent")
+        self.wrap(tracking.SweepTracker, "log_parent_files", "ours: SweepTracker.log_parent_files (Optuna plots)")
+        self.wrap(tracking.SweepTracker, "finish_parent", "ours: SweepTracker.finish_parent (trial table, sweep plot)")
 
     def uninstall(self) -> None:
         for undo in reversed(self._undo):

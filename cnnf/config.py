@@ -7,12 +7,17 @@ rebuilds its config from the sampled values with `dataclasses.replace`.
 
 Units: every epsilon is in [0, 1] pixel units (`eps_linf` 0.1 = 0.1 of the
 pixel range), whatever the model's input scaling.
+
+Validation reads model and dataset facts from `cnnf.catalog`, so building
+and validating a config imports no torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal, Optional
+
+from cnnf.catalog import dataset_info, dataset_names, model_info, model_names
 
 
 class ConfigError(ValueError):
@@ -41,8 +46,6 @@ class DataConfig:
     n_train: Optional[int] = None  # seeded stratified subset of the training split
 
     def __post_init__(self) -> None:
-        from cnnf.data import dataset_names
-
         require(self.dataset in dataset_names(), "dataset", f"unknown dataset {self.dataset!r}; expected one of: {', '.join(dataset_names())}")
         require(0.0 < self.val_fraction < 1.0, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         require(self.n_train is None or self.n_train > 0, "n_train", f"must be positive, got {self.n_train}")
@@ -64,18 +67,16 @@ class ModelConfig:
     init: Literal["reference", "torch"] = "reference"
 
     def __post_init__(self) -> None:
-        from cnnf.models import model_entry, model_names
-
         require(self.init in ("reference", "torch"), "init", f"expected reference or torch, got {self.init!r}")
 
         require(self.arch in model_names(), "arch", f"unknown model {self.arch!r}; expected one of: {', '.join(model_names())}")
-        meta = model_entry(self.arch).meta
-        legal = meta["legal_inds"]
+        info = model_info(self.arch)
+        legal = info.legal_inds
         require(self.ind in legal, "ind", f"ind={self.ind} is not legal for {self.arch}; expected one of {list(legal)}")
         require(0.0 < self.step_size <= 1.0, "step_size", f"must be in (0, 1], got {self.step_size}")
         if self.recon_levels is not None:
             object.__setattr__(self, "recon_levels", tuple(self.recon_levels))
-            top = meta["n_levels"] - 1
+            top = info.n_levels - 1
             bad = [k for k in self.recon_levels if not self.ind < k <= top]
             require(
                 not bad and len(set(self.recon_levels)) == len(self.recon_levels),
@@ -195,24 +196,19 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        from cnnf.data import dataset_info
-        from cnnf.models import model_entry
-
-        in_shape = model_entry(self.model.arch).meta["input_shape"]
+        in_shape = model_info(self.model.arch).input_shape
         data_shape = dataset_info(self.data.dataset).input_shape
         require(
             in_shape[1:] == data_shape[1:],
             "model.arch",
             f"{self.model.arch} expects {in_shape[1]}x{in_shape[2]} images but {self.data.dataset} has {data_shape[1]}x{data_shape[2]}",
         )
-        if not model_entry(self.model.arch).meta["feedback"]:
+        if not model_info(self.model.arch).feedback:
             require(self.train.n_iterations == 0, "train.n_iterations", f"must be 0 for the plain CNN {self.model.arch}")
             require(self.eval.n_iterations in (None, 0), "eval.n_iterations", f"must be 0 for the plain CNN {self.model.arch}")
             require(not self.model.recon_levels, "model.recon_levels", f"must be unset for the plain CNN {self.model.arch}")
             require(not self.train.init_from_cnn, "train.init_from_cnn", f"{self.model.arch} is itself the plain CNN")
         elif self.train.init_from_cnn:
-            from cnnf.models import model_names
-
             twin = plain_twin(self.model.arch)
             require(twin in model_names(), "train.init_from_cnn", f"{self.model.arch} has no plain CNN twin (expected {twin!r})")
 

@@ -12,7 +12,6 @@ training images.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -21,11 +20,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cnnf.catalog import SAMPLE_PATH, DatasetInfo, dataset_info, dataset_names
 from cnnf.config import DataConfig
+from cnnf.datafiles import DATA_ROOT_ENV, DataNotFoundError, check_available, missing_files, not_found, resolve_root  # noqa: F401
 
 INPUT_RANGE = (-1.0, 1.0)  # models see x = 2 * pixel - 1 (Normalize(0.5, 0.5))
-SAMPLE_PATH = Path(__file__).parent / "assets" / "fashion_mnist_sample.npz"
-DATA_ROOT_ENV = "CNNF_DATA_ROOT"
 
 
 def to_input_units(eps_pixels: float) -> float:
@@ -83,55 +82,32 @@ class DataSplits:
         return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
 
 
-class DataNotFoundError(FileNotFoundError):
-    """The dataset's files are missing and could not (or may not) be downloaded."""
-
-
 # A raw dataset: uint8 images (N, C, H, W) and int64 labels, for train and test.
 RawSplits = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 @dataclass(frozen=True)
 class DatasetSource:
-    name: str
-    n_classes: int
-    input_shape: tuple[int, int, int]  # (C, H, W)
-    expected: Callable[[Path], list[Path]]  # files that must exist under root
+    """How to read a dataset; its static facts (classes, input shape, the
+    adversarial step ratio, the files under the root) are its `cnnf.catalog.DatasetInfo`."""
+
+    info: DatasetInfo
     load: Callable[[Path, bool], RawSplits]  # (root, download) -> raw splits
-    # The paper's PGD step of adversarial training as a fraction of its eps
-    # (Appendix B.2): Fashion-MNIST 0.071 for eps 0.2 in [-1, 1] units, CIFAR-10
-    # 0.02 for 8/255 in pixel units (0.063 ~ 2 * 8/255 in [-1, 1]). MNIST has no
-    # CNN-F recipe in the paper and takes Fashion-MNIST's.
-    adv_step_ratio: float
 
 
-FASHION_ADV_STEP_RATIO = 0.071 / 0.2  # eps 0.1 pixel units -> step 0.0355 (0.071 in [-1, 1])
-CIFAR_ADV_STEP_RATIO = 0.01 / (8 / 255)  # eps 8/255 -> step 0.01 pixel units (0.02 in [-1, 1])
-
+# The static facts (`dataset_names`, `dataset_info`) come from `cnnf.catalog`,
+# the data root and `check_available` from `cnnf.datafiles`, both without
+# torch; every name in the catalog has exactly one source here.
 _SOURCES: dict[str, DatasetSource] = {}
 
 
 def _register(source: DatasetSource) -> None:
-    _SOURCES[source.name] = source
+    if source.info.name in _SOURCES:
+        raise ValueError(f"dataset {source.info.name!r} is already registered")
+    _SOURCES[source.info.name] = source
 
 
-def dataset_names() -> list[str]:
-    return sorted(_SOURCES)
-
-
-def dataset_info(name: str) -> DatasetSource:
-    """Static facts about a dataset (classes, input shape) without reading it."""
-    if name not in _SOURCES:
-        raise ValueError(f"unknown dataset {name!r}; expected one of: {', '.join(dataset_names())}")
-    return _SOURCES[name]
-
-
-def _torchvision_mnist_like(name: str, cls_name: str, folder: str) -> DatasetSource:
-    files = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-
-    def expected(root: Path) -> list[Path]:
-        return [root / folder / "raw" / f for f in files]
-
+def _torchvision_mnist_like(name: str, cls_name: str) -> DatasetSource:
     def load(root: Path, download: bool) -> RawSplits:
         import torchvision
 
@@ -139,15 +115,10 @@ def _torchvision_mnist_like(name: str, cls_name: str, folder: str) -> DatasetSou
         train, test = cls(str(root), train=True, download=download), cls(str(root), train=False, download=download)
         return train.data.unsqueeze(1), train.targets.long(), test.data.unsqueeze(1), test.targets.long()
 
-    return DatasetSource(name, 10, (1, 28, 28), expected, load, FASHION_ADV_STEP_RATIO)
+    return DatasetSource(dataset_info(name), load)
 
 
 def _cifar10() -> DatasetSource:
-    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
-
-    def expected(root: Path) -> list[Path]:
-        return [root / "cifar-10-batches-py" / f for f in files]
-
     def load(root: Path, download: bool) -> RawSplits:
         import torchvision
 
@@ -159,62 +130,37 @@ def _cifar10() -> DatasetSource:
 
         return chw(train.data), torch.tensor(train.targets), chw(test.data), torch.tensor(test.targets)
 
-    return DatasetSource("cifar10", 10, (3, 32, 32), expected, load, CIFAR_ADV_STEP_RATIO)
+    return DatasetSource(dataset_info("cifar10"), load)
 
 
 def _sample_source() -> DatasetSource:
-    def expected(root: Path) -> list[Path]:
-        return [SAMPLE_PATH]
-
     def load(root: Path, download: bool) -> RawSplits:
         with np.load(SAMPLE_PATH) as z:
             return tuple(torch.from_numpy(z[k]) for k in ("train_x", "train_y", "test_x", "test_y"))  # type: ignore[return-value]
 
-    return DatasetSource("fashion-mnist-sample", 10, (1, 28, 28), expected, load, FASHION_ADV_STEP_RATIO)
+    return DatasetSource(dataset_info("fashion-mnist-sample"), load)
 
 
-_register(_torchvision_mnist_like("fashion-mnist", "FashionMNIST", "FashionMNIST"))
-_register(_torchvision_mnist_like("mnist", "MNIST", "MNIST"))
+_register(_torchvision_mnist_like("fashion-mnist", "FashionMNIST"))  # files: <root>/FashionMNIST/raw (cnnf.catalog)
+_register(_torchvision_mnist_like("mnist", "MNIST"))
 _register(_cifar10())
 _register(_sample_source())
-
-
-def resolve_root(cfg: DataConfig) -> Path:
-    """The data root: the config's, else $CNNF_DATA_ROOT, else ./data."""
-    return Path(cfg.root or os.environ.get(DATA_ROOT_ENV) or "data").expanduser()
-
-
-def _missing(cfg: DataConfig) -> list[Path]:
-    return [p for p in _SOURCES[cfg.dataset].expected(resolve_root(cfg)) if not p.exists()]
-
-
-def _not_found(cfg: DataConfig, reason: str) -> DataNotFoundError:
-    root = resolve_root(cfg)
-    files = ", ".join(str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in _SOURCES[cfg.dataset].expected(root))
-    return DataNotFoundError(
-        f"dataset {cfg.dataset!r} not found under root {str(root)!r} ({reason}); expected the files {files} "
-        f"there (set data.root or ${DATA_ROOT_ENV})"
-    )
-
-
-def check_available(cfg: DataConfig) -> None:
-    """Raise DataNotFoundError unless the files are there or a download is allowed."""
-    if _missing(cfg) and not cfg.download:
-        raise _not_found(cfg, "missing and data.download is false")
+if set(_SOURCES) != set(dataset_names()):  # the catalog and the readers describe the same datasets
+    raise RuntimeError(f"cnnf.catalog datasets {dataset_names()} have readers {sorted(_SOURCES)}")
 
 
 def load_raw(cfg: DataConfig) -> RawSplits:
     """Read the raw uint8 splits, downloading only when files are missing and allowed."""
     source = _SOURCES[cfg.dataset]
-    download = bool(_missing(cfg))
+    download = bool(missing_files(cfg))
     if download and not cfg.download:
-        raise _not_found(cfg, "missing and data.download is false")
+        raise not_found(cfg, "missing and data.download is false")
     try:
         return source.load(resolve_root(cfg), download)
     except Exception as exc:  # torchvision raises URLError / RuntimeError on failed downloads
         if download:
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise _not_found(cfg, f"download failed: {first_line}") from exc
+            raise not_found(cfg, f"download failed: {first_line}") from exc
         raise
 
 

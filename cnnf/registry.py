@@ -6,7 +6,7 @@ name is an error that lists the valid ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
 T = TypeVar("T")
@@ -14,11 +14,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Entry(Generic[T]):
-    """A registered factory and the metadata callers may need before building it."""
+    """A registered factory and the metadata callers may need before building it
+    (a typed record, e.g. `cnnf.catalog.ModelInfo` for models; None: none)."""
 
     name: str
     factory: Callable[..., T]
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: Any = None
 
 
 class Registry(Generic[T]):
@@ -28,11 +29,11 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, **meta: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(self, name: str, meta: Any = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
-            self._entries[name] = Entry(name, factory, dict(meta))
+            self._entries[name] = Entry(name, factory, meta)
             return factory
 
         return decorator

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Literal, Optional, Sequence
 
+from cnnf.catalog import dataset_info
 from cnnf.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, TrainConfig, require
 
 
@@ -352,8 +353,6 @@ class FLConfig:
 
     def __post_init__(self) -> None:
         self.base_experiment()  # its errors name model.arch, train.n_iterations, ... as here
-        from cnnf.data import dataset_info
-
         info = dataset_info(self.data.dataset)
         dim = info.input_shape[0] * info.input_shape[1] * info.input_shape[2]
         require(self.search.n_directions is None or self.search.n_directions <= dim, "search.n_directions",
@@ -372,8 +371,6 @@ class FLConfig:
 
     @property
     def n_directions(self) -> int:
-        from cnnf.data import dataset_info
-
         shape = dataset_info(self.data.dataset).input_shape
         return self.search.n_directions or shape[0] * shape[1] * shape[2]
 

@@ -51,8 +51,8 @@ def validate(file: Path = typer.Argument(..., help="sweep YAML file")) -> None:
     """Check a sweep file (and that its data is there) without running anything."""
     loaded = _load(file, warn=True)
     c = loaded.config
-    from cnnf.data import DataNotFoundError
-    from tuning.experiments import experiment_kind
+    from cnnf.datafiles import DataNotFoundError
+    from tuning.kinds import experiment_kind
 
     try:
         experiment_kind(c.experiment).preflight(c.base)
@@ -73,7 +73,9 @@ ROOT_HELP = "folder holding the sweeps (the spec's output_dir)"
 
 def _outcome(outcome) -> None:  # SweepOutcome -> exit code
     out.print()
-    state = "interrupted" if outcome.status == "KILLED" else outcome.status.lower()
+    from tuning.status import SweepStatus
+
+    state = "interrupted" if outcome.status == SweepStatus.KILLED else outcome.status.lower()
     pruned = f", {outcome.n_pruned} stopped early" if outcome.n_pruned else ""
     out.print(f"sweep {outcome.sweep_id} {state}: {outcome.n_finished} of {outcome.n_requested} trials finished{pruned}, "
               f"{outcome.n_failed} failed; outputs in {outcome.output_dir}", style="bold", soft_wrap=True)
@@ -95,8 +97,8 @@ def _outcome(outcome) -> None:  # SweepOutcome -> exit code
         out.print(f"  {outcome.ui_command}", soft_wrap=True)
         if outcome.best_url:
             out.print(f"  then browse {outcome.best_url}", soft_wrap=True)
-    if outcome.status == "KILLED":
-        from tuning.runner import JOBS_ADDRESS_ENV
+    if outcome.status == SweepStatus.KILLED:
+        from tuning.folder import JOBS_ADDRESS_ENV
 
         jobs = os.environ.get(JOBS_ADDRESS_ENV)  # running as a Ray job: resume as one
         where = f"--address {jobs}" if jobs else f"-o {outcome.output_dir.parent}"
@@ -147,7 +149,7 @@ def launch(
     loaded = _load(file, warn=True)
     config = _override(loaded.config, output_dir, tracking_uri)
 
-    from cnnf.data import DataNotFoundError
+    from cnnf.datafiles import DataNotFoundError
     from tuning.runner import LaunchError, launch_sweep
 
     try:
@@ -209,7 +211,7 @@ def submit(
     """Run a sweep on a Ray cluster as a Ray job; prints the job id (the sweep id)."""
     config = _override(_load(file).config, output_dir, tracking_uri)
 
-    from tuning.jobs import submit_sweep
+    from sweeps.submit import submit_sweep
     from tuning.runner import LaunchError
 
     try:
@@ -230,14 +232,15 @@ def resume(
     env: list[str] = typer.Option([], "--env", help="with a dashboard address: KEY=VALUE for the job's environment (repeatable)"),
 ) -> None:
     """Finish an interrupted sweep: exactly the requested trials, none twice, unfinished ones from their checkpoints."""
-    from cnnf.data import DataNotFoundError
+    from cnnf.datafiles import DataNotFoundError
     from sweeps.spec import SpecError
+    from sweeps.stored import stored_config
     from tuning.runner import LaunchError, find_sweep, resume_sweep
 
     from tuning.cluster import is_dashboard
 
     if is_dashboard(address):
-        from tuning.jobs import submit_resume
+        from sweeps.submit import submit_resume
 
         try:
             job, client = submit_resume(name, address=address, working_dir=working_dir, env=_env(env))
@@ -248,7 +251,7 @@ def resume(
     try:
         folder = find_sweep(name, output_dir)
         text = spec.read_text() if spec is not None else None
-        outcome = resume_sweep(folder, spec_text=text, spec_file=str(spec), address=address)
+        outcome = resume_sweep(folder, stored_config(folder, text, str(spec)), address=address)
     except (DataNotFoundError, LaunchError, SpecError, OSError) as exc:
         _fail(exc)
     _outcome(outcome)
@@ -265,14 +268,14 @@ def stop(
     wait: float = typer.Option(0.0, "--wait", help="with --address: seconds to wait for the job to end"),
 ) -> None:
     """Stop a running sweep gracefully (it can be resumed)."""
-    from tuning.runner import LaunchError, find_sweep, stop_sweep
+    from tuning.folder import LaunchError, find_sweep, stop_sweep
 
     try:
         if address is not None:
-            from tuning.jobs import stop_job
+            from tuning.jobs import TERMINAL, stop_job
 
             job = stop_job(address, name, wait_s=wait)
-            ended = f"; the job is {job.status}" if job.status in ("STOPPED", "SUCCEEDED", "FAILED") else ""
+            ended = f"; the job is {job.status}" if job.status in TERMINAL else ""
             out.print(f"asked Ray to stop job {job.job_id} of sweep {job.sweep_id}: SIGINT to its driver, which saves Tune's "
                       f"state and closes the MLflow runs{ended}; continue with: sweep resume {job.sweep_id} --address {address}",
                       soft_wrap=True)
@@ -282,6 +285,12 @@ def stop(
         _fail(exc)
 
 
+def _counts(c: dict) -> str:  # TrialOutcome -> n
+    from tuning.status import TrialOutcome as T
+
+    return f"{c[T.COMPLETE]} complete, {c[T.PRUNED]} pruned, {c[T.FAILED]} failed, {c[T.RUNNING]} running"
+
+
 @app.command()
 def status(
     name: str = typer.Argument(..., help="sweep id, name or folder"),
@@ -289,7 +298,8 @@ def status(
     address: Optional[str] = typer.Option(None, "--address", help=JOB_ADDRESS_HELP),
 ) -> None:
     """Trials by state and the best so far (and, with --address, the sweep's Ray job)."""
-    from tuning.runner import LaunchError, find_sweep, sweep_info
+    from tuning.folder import LaunchError, find_sweep, sweep_info
+    from tuning.status import SweepStatus, TrialOutcome
 
     try:
         if address is not None:
@@ -309,8 +319,7 @@ def status(
                     from tuning.tracking import sweep_counts
 
                     c = sweep_counts(job.tracking_uri, job.sweep_id)
-                    out.print(f"trials in MLflow: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAILED']} failed, "
-                              f"{c['RUNNING']} running, {c['KILLED']} interrupted", soft_wrap=True)
+                    out.print(f"trials in MLflow: {_counts(c)}, {c[TrialOutcome.KILLED]} interrupted", soft_wrap=True)
                 return
             info = sweep_info(folder)
         else:
@@ -319,15 +328,13 @@ def status(
         _fail(exc)
     driver = f", driver pid {info.driver_pid}" if info.driver_pid else ""
     out.print(f"sweep {info.sweep_id}: {info.status}{driver}; folder {info.path}", style="bold", soft_wrap=True)
-    c = info.counts
-    out.print(f"trials: {c.get('COMPLETE', 0)} complete, {c.get('PRUNED', 0)} pruned, {c.get('FAIL', 0)} failed, "
-              f"{c.get('RUNNING', 0)} running, of {info.n_requested} requested", soft_wrap=True)
+    out.print(f"trials: {_counts(info.counts)}, of {info.n_requested} requested", soft_wrap=True)
     if info.best is not None:
         number, values, params = info.best
         shown = ", ".join(f"{m}={v:.4f} ({d})" for m, v, d in zip(info.metrics, values, info.modes))
         label = "best so far" if len(info.metrics) == 1 else "a Pareto-optimal trial"
         out.print(f"{label}: trial {number}: {shown} with {_params(params)}", soft_wrap=True)
-    if info.status == "DEAD":
+    if info.status == SweepStatus.DEAD:
         out.print(f"the driver died; continue with: sweep resume {info.sweep_id} -o {info.path.parent}", soft_wrap=True)
 
 
@@ -352,7 +359,8 @@ def list_(output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o", he
     """The sweeps under the output folder."""
     from rich.table import Table
 
-    from tuning.runner import list_sweeps
+    from tuning.folder import list_sweeps
+    from tuning.status import TrialOutcome
 
     infos = list_sweeps(output_dir)
     if not infos:
@@ -361,8 +369,8 @@ def list_(output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o", he
     table = Table("sweep", "status", "complete", "pruned", "failed", "requested", "objective", "best")
     for i in infos:
         best = "-" if i.best is None else ", ".join(f"{v:.4f}" for v in i.best[1]) + f" (trial {i.best[0]})"
-        table.add_row(i.sweep_id, i.status, str(i.counts.get("COMPLETE", 0)), str(i.counts.get("PRUNED", 0)),
-                      str(i.counts.get("FAIL", 0)), str(i.n_requested), ",".join(i.metrics), best)
+        table.add_row(i.sweep_id, i.status, str(i.counts[TrialOutcome.COMPLETE]), str(i.counts[TrialOutcome.PRUNED]),
+                      str(i.counts[TrialOutcome.FAILED]), str(i.n_requested), ",".join(i.metrics), best)
     out.print(table)
 
 
@@ -372,7 +380,7 @@ def report(
     output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o", help=ROOT_HELP),
 ) -> None:
     """Write the sweep's Markdown report (paper-format tables, best configurations, Pareto front) and log it to MLflow."""
-    from tuning.report import build_report
+    from sweeps.report import build_report
     from tuning.runner import LaunchError, find_sweep
 
     try:

@@ -34,7 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from cnnf.config import ConfigError
 from fl.config import SelectionConfig
 from tuning.config import SweepConfig
-from tuning.experiments import ExperimentKind, experiment_kind, experiment_names, is_test_metric
+from tuning.experiments import is_test_metric
+from tuning.kinds import ExperimentKind, experiment_kind, experiment_names
 from tuning.space import Choice, Condition, Grid, IntRange, LogUniform, ParamSpec, Uniform, apply_params, boundary_values, field_paths, grid_size
 
 Path_ = tuple[str, ...]

@@ -1,9 +1,10 @@
 """Sweeps as Ray jobs: submit, status, logs, stop and resume through a
 cluster's dashboard address (http://HEAD:8265).
 
-The job runs `sweep launch ... --address auto` on the head node, in a copy
-of the working directory that Ray uploads (outputs, virtual environments
-and the git folder left out). Its runtime environment sets the stop signal
+A job runs the entrypoint its caller gives (the `sweep` CLI's launch or
+resume, sweeps/submit.py) on the head node, in a copy of the working
+directory that Ray uploads (outputs, virtual environments and the git folder
+left out). Its runtime environment sets the stop signal
 to SIGINT, so `sweep stop` lets Tune save its state and close the MLflow
 runs before Ray's deadline; `sweep resume NAME --address ...` submits a job
 that continues it. The job's submission id is the sweep id, so the MLflow
@@ -13,7 +14,6 @@ parent run, the sweep folder and the Ray job share one name.
 from __future__ import annotations
 
 import asyncio
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 from tuning.cluster import ClusterError, check_feasible, check_tracking, explain_ray_error, is_dashboard, node_slots, use_token_auth
 from tuning.config import SweepConfig
-from tuning.runner import JOB_ID_ENV, JOBS_ADDRESS_ENV, STARTED_MARK, LaunchError, find_sweep, is_launch_of
+from tuning.folder import JOB_ID_ENV, JOBS_ADDRESS_ENV, STARTED_MARK, LaunchError, find_sweep, is_launch_of
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # Never uploaded with the working directory (Ray also honours .gitignore there).
@@ -120,13 +120,6 @@ def _nodes(address: str) -> list[dict[str, Any]]:
             for n in nodes if n.state == "ALIVE"]
 
 
-def _entry(*args: str) -> str:
-    # `python` on the head node must have this package's dependencies; the
-    # uploaded working directory is the current directory, so the code
-    # comes from there (the job sees the sweep folder as it was submitted).
-    return " ".join(shlex.quote(a) for a in ["python", "-m", "sweeps.cli", *args])
-
-
 def _runtime_env(working_dir: Path, output_root: Path, job_id: str, env: dict[str, str], stop_wait_s: int,
                  address: str) -> dict[str, Any]:
     import os
@@ -144,7 +137,8 @@ def _runtime_env(working_dir: Path, output_root: Path, job_id: str, env: dict[st
     return {"working_dir": str(working_dir), "excludes": excludes, "env_vars": env_vars}
 
 
-def _new_job_id(client: Any, address: str, base: str) -> str:
+def new_job_id(client: Any, address: str, base: str) -> str:
+    """`base`, or `base-2`, `base-3`, ... if a job of the cluster has it."""
     taken = {j.submission_id for j in _call(address, client.list_jobs)}
     candidate, n = base, 1
     while candidate in taken:
@@ -153,57 +147,27 @@ def _new_job_id(client: Any, address: str, base: str) -> str:
     return candidate
 
 
-def submit_sweep(cfg: SweepConfig, spec_path: Path, *, address: str, working_dir: Path, env: dict[str, str],
-                 stop_wait_s: int = DEFAULT_STOP_WAIT_S) -> tuple[JobInfo, Any]:
-    """Check what can be checked from here, then submit the sweep as a Ray job.
-    Returns the job and its client (to wait for it)."""
-    output_root = Path(cfg.output_dir)
-    if not output_root.is_absolute():
-        raise LaunchError(f"output_dir: {cfg.output_dir!r} is relative, but the job runs in a temporary copy of the working "
-                          "directory on the head node: give an absolute path on storage every node mounts (--output-dir)")
-    working_dir, spec_path = working_dir.resolve(), spec_path.resolve()
-    if not working_dir.is_dir():
-        raise LaunchError(f"--working-dir {working_dir}: not a folder")
-    try:
-        rel_spec = spec_path.relative_to(working_dir)
-    except ValueError:
-        raise LaunchError(f"{spec_path}: outside the working directory {working_dir} that is uploaded with the job; "
-                          "run `sweep submit` from a folder holding the spec, or pass --working-dir") from None
-    client = job_client(address)
-    nodes = _nodes(address)
-    try:
-        check_feasible(node_slots(nodes, cfg.resources.cpu, cfg.resources.gpu), cfg.resources.cpu, cfg.resources.gpu)
-        default_uri = cfg.tracking.uri is None
-        check_tracking(cfg.tracking.uri or f"sqlite:///{output_root / 'mlflow.db'}", len(nodes), default_uri)
-    except ClusterError as exc:
-        raise LaunchError(str(exc)) from None
-    job_id = _new_job_id(client, address, f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    tracking = ["--tracking-uri", cfg.tracking.uri] if cfg.tracking.uri else []
-    entrypoint = _entry("launch", str(rel_spec), "--address", "auto", "--output-dir", str(output_root), *tracking, "--sweep-id", job_id)
-    metadata = {"sweep_id": job_id, "output_dir": str(output_root), "spec": str(rel_spec), "sweep_kind": "launch",
-                "tracking_uri": cfg.tracking.uri or f"sqlite:///{output_root / 'mlflow.db'}"}
+def submit_job(client: Any, address: str, job_id: str, entrypoint: str, *, working_dir: Path, output_root: Path,
+               env: dict[str, str], metadata: dict[str, str], stop_wait_s: int = DEFAULT_STOP_WAIT_S) -> JobInfo:
+    """Submit `entrypoint` (the shell command the head node runs) as Ray job
+    `job_id` (from `new_job_id`) with the sweep's runtime environment.
+    metadata: the sweep's (sweep_id, output_dir, tracking_uri, sweep_kind),
+    what `sweep status` and `sweep resume` read back."""
     runtime_env = _runtime_env(working_dir, output_root, job_id, env, stop_wait_s, address)
     _call(address, lambda: client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env,
                                             metadata=metadata))
-    return _info(_call(address, lambda: client.get_job_info(job_id))), client
+    return _info(_call(address, lambda: client.get_job_info(job_id)))
 
 
-def submit_resume(name: str, *, address: str, working_dir: Path, env: dict[str, str],
-                  stop_wait_s: int = DEFAULT_STOP_WAIT_S) -> tuple[JobInfo, Any]:
-    """Submit a job that resumes a sweep an earlier job ran (after `sweep stop` or a crash)."""
-    client = job_client(address)
-    jobs = sweep_jobs(client, address, name)
-    last = jobs[-1]
-    if last.status not in TERMINAL:
-        raise LaunchError(f"sweep {last.sweep_id} is still running as Ray job {last.job_id} ({last.status}); `sweep stop` it first")
-    job_id = _new_job_id(client, address, f"{last.sweep_id}-resume")
-    entrypoint = _entry("resume", last.sweep_id, "--output-dir", last.output_root, "--address", "auto")
-    metadata = {"sweep_id": last.sweep_id, "output_dir": last.output_root, "sweep_kind": "resume",
-                "tracking_uri": last.tracking_uri}
-    runtime_env = _runtime_env(working_dir.resolve(), Path(last.output_root), job_id, env, stop_wait_s, address)
-    _call(address, lambda: client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env,
-                                            metadata=metadata))
-    return _info(_call(address, lambda: client.get_job_info(job_id))), client
+def check_resources(address: str, cfg: SweepConfig, output_root: Path) -> None:
+    """Refuse (LaunchError) a sweep the cluster cannot run: a trial that fits
+    no node, or a tracking store the nodes cannot share."""
+    nodes = _nodes(address)
+    try:
+        check_feasible(node_slots(nodes, cfg.resources.cpu, cfg.resources.gpu), cfg.resources.cpu, cfg.resources.gpu)
+        check_tracking(cfg.tracking.uri or f"sqlite:///{output_root / 'mlflow.db'}", len(nodes), cfg.tracking.uri is None)
+    except ClusterError as exc:
+        raise LaunchError(str(exc)) from None
 
 
 def _error_line(logs: str) -> str:

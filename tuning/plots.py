@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tuning.experiments import ExperimentKind
 from tuning.space import public_params
+
+if TYPE_CHECKING:
+    from tuning.kinds import ExperimentKind
 
 
 def _fmt(value: Any) -> str:

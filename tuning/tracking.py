@@ -24,9 +24,11 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, TRIAL_ID
 
-from tuning.experiments import FINAL_KEY, REPORT_DIR, TRIAL_KEY, ExperimentKind
+from tuning.experiments import FINAL_KEY, REPORT_DIR, TRIAL_KEY
+from tuning.kinds import ExperimentKind
 from tuning.plots import TRIAL_PLOT, plot_trial, trial_title
 from tuning.space import Choice, Grid, IntRange, LogUniform, ParamSpec, apply_params, public_params
+from tuning.status import RunStatus, TrialOutcome, count, outcome_of_run
 
 TRIAL_ID_TAG = "ray.trial_id"
 TRIAL_NUMBER_TAG = "optuna.trial"  # the trial's identity across retries and resumes
@@ -45,6 +47,11 @@ TUNE_BOOKKEEPING = frozenset(AUTO_RESULT_KEYS) | {DONE, TRIAL_ID, EXPERIMENT_TAG
 logger = logging.getLogger(__name__)
 
 
+# The MLflow UI opens an experiment on this tag: without it, MLflow 3 shows the GenAI overview (traces), not the runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 class UndeclaredMetricError(RuntimeError):
     """A trial reported a metric its experiment kind does not declare (raised only with STRICT_METRICS_ENV=1)."""
 
@@ -61,8 +68,17 @@ class TrialRecord:
     state: str = ""  # COMPLETE | PRUNED | FAILED ('' while running)
 
     @property
+    def outcome(self) -> TrialOutcome:
+        return outcome_of_run(self.status, self.state)
+
+    @property
     def complete(self) -> bool:
-        return self.status == "FINISHED" and self.state != "PRUNED"
+        return self.outcome == TrialOutcome.COMPLETE
+
+
+def trial_counts(records: list[TrialRecord]) -> dict[TrialOutcome, int]:
+    """How the trials ended: the one count the summary, the parent run and `sweep report` use."""
+    return count(r.outcome for r in records)
 
 
 class SweepTracker:
@@ -78,10 +94,70 @@ class SweepTracker:
         self.client = MlflowClient(tracking_uri)
         if experiment_id is None:
             found = self.client.get_experiment_by_name(experiment)
-            experiment_id = (found.experiment_id if found is not None
-                             else self.client.create_experiment(experiment, artifact_location=artifact_location))
+            if found is None:
+                experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location,
+                                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            else:
+                experiment_id = found.experiment_id
+                if EXPERIMENT_KIND_TAG not in found.tags:  # created by an earlier version, or by hand
+                    self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         self.experiment_id = experiment_id
         self.parent_run_id: Optional[str] = None
+
+    def reopen_parent(self, parent_run_id: str) -> None:
+        """A resumed sweep's parent run is RUNNING again until it finishes."""
+        self.parent_run_id = parent_run_id
+        self.client.update_run(parent_run_id, status=RunStatus.RUNNING)
+
+    def close_interrupted(self) -> None:
+        """Child runs still RUNNING when the driver stops were interrupted: KILLED (a resume re-attaches to them)."""
+        for run in self.children():
+            if run.info.status == RunStatus.RUNNING:
+                self.client.set_terminated(run.info.run_id, status=RunStatus.KILLED)
+
+    def finish_parent(self, status: str, *, files: list[Path], counts: dict[TrialOutcome, int], front: list[TrialRecord],
+                      best: Optional[TrialRecord], metric: str, stop_reason: str, files_dir: Optional[str] = None) -> None:
+        """The sweep's summary on its parent run, then end it with `status`:
+        the files (trial table, plots, summary.json), the trial counts, the
+        Pareto front (a `pareto` tag on every complete trial's run) and the best trial."""
+        client, run_id = self.client, self.parent_run_id
+        for path in files:
+            client.log_artifact(run_id, str(path), files_dir)
+        if front:
+            on_front = {r.run_id for r in front}
+            for r in self.records():
+                if r.complete:
+                    client.set_tag(r.run_id, "pareto", str(r.run_id in on_front).lower())
+            client.log_metric(run_id, "n_pareto", len(front))
+            client.set_tag(run_id, "pareto.trials", ",".join(r.trial_id for r in front))
+        client.log_metric(run_id, "n_trials_finished", counts[TrialOutcome.COMPLETE])
+        client.log_metric(run_id, "n_trials_pruned", counts[TrialOutcome.PRUNED])
+        client.log_metric(run_id, "n_trials_failed", counts[TrialOutcome.FAILED])
+        if stop_reason:
+            client.set_tag(run_id, "stop_reason", stop_reason)
+        if best is not None:
+            client.log_metric(run_id, f"best_{metric}", best.metrics[metric])
+            if f"{metric}_std" in best.metrics:
+                client.log_metric(run_id, f"best_{metric}_std", best.metrics[f"{metric}_std"])
+            client.set_tag(run_id, "best.run_id", best.run_id)
+            client.set_tag(run_id, "best.trial", best.trial_id)
+        client.set_terminated(run_id, status=status)
+
+    def log_parent_files(self, paths: list[Path], folder: Optional[str] = None) -> None:
+        for path in paths:
+            self.client.log_artifact(self.parent_run_id, str(path), folder)
+
+    def run_tag(self, run_id: str, key: str, default: str = "") -> str:
+        return self.client.get_run(run_id).data.tags.get(key, default)
+
+    def run_file(self, run_id: str, artifact: str) -> Optional[str]:
+        """The text of one of a run's artifacts, or None if it has none by that name."""
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = self.client.download_artifacts(run_id, artifact, tmp)
+            except Exception:  # noqa: BLE001 - a pruned or failed trial has no report
+                return None
+            return Path(path).read_text()
 
     def start_parent(self, run_name: str, params: dict[str, Any], tags: dict[str, str], artifacts: list[Path]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
@@ -116,7 +192,7 @@ class SweepTracker:
         return sorted(out, key=lambda r: (int(r.trial_id) if r.trial_id.isdigit() else 1 << 30, r.run_id))
 
 
-def sweep_counts(tracking_uri: str, sweep_id: str) -> dict[str, int]:
+def sweep_counts(tracking_uri: str, sweep_id: str) -> dict[TrialOutcome, int]:
     """A sweep's trials by state, read from the MLflow store alone (for
     `sweep status` where the sweep's folder is not visible): COMPLETE,
     PRUNED, FAILED, RUNNING, KILLED."""
@@ -124,20 +200,16 @@ def sweep_counts(tracking_uri: str, sweep_id: str) -> dict[str, int]:
 
     client = MlflowClient(tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
-    counts = {"COMPLETE": 0, "PRUNED": 0, "FAILED": 0, "RUNNING": 0, "KILLED": 0}
+    outcomes = []
     token = None
     while experiments:
         page = client.search_runs(experiments, f"tags.`{SWEEP_ID_TAG}` = '{sweep_id}'", max_results=1000, page_token=token)
-        for run in page:
-            if PARENT_TAG not in run.data.tags:
-                continue  # the sweep's parent run
-            status, state = run.info.status, run.data.tags.get(STATE_TAG, "")
-            key = status if status in ("RUNNING", "KILLED", "FAILED") else ("PRUNED" if state == "PRUNED" else "COMPLETE")
-            counts[key] += 1
+        outcomes += [outcome_of_run(run.info.status, run.data.tags.get(STATE_TAG, "")) for run in page
+                     if PARENT_TAG in run.data.tags]  # not the sweep's parent run
         token = page.token
         if not token:
             break
-    return counts
+    return count(outcomes)
 
 
 def _parse_params(params: dict[str, str]) -> dict[str, Any]:
@@ -217,7 +289,7 @@ class MlflowTrialCallback(Callback):
         for r in self.tracker.records():
             if r.run_id in self.run_ids.values():
                 continue  # counted by this session's hooks
-            if r.status == "FAILED":
+            if r.status == RunStatus.FAILED:
                 self.n_failed += 1
             self._note_best(r)
 
@@ -225,17 +297,17 @@ class MlflowTrialCallback(Callback):
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         tid = trial.trial_id
         if tid in self.run_ids:  # a retried trial re-attaches to its run
-            self.client.update_run(self.run_ids[tid], status="RUNNING")
+            self.client.update_run(self.run_ids[tid], status=RunStatus.RUNNING)
             return
         number = str(trial.config.get(TRIAL_KEY, ""))
         existing = self._find_run(number)
         self.history[tid], self.last_step[tid] = [], 0
         if existing is not None:  # re-created after a resume: the same configuration, the same run
             self.run_ids[tid] = existing.info.run_id
-            if existing.info.status == "FINISHED" or existing.info.status == "FAILED":
+            if existing.info.status in (RunStatus.FINISHED, RunStatus.FAILED):
                 self.done_before.add(tid)
             else:
-                self.client.update_run(existing.info.run_id, status="RUNNING")
+                self.client.update_run(existing.info.run_id, status=RunStatus.RUNNING)
             self._load_history(tid, existing)
             return
         run = self.client.create_run(
@@ -320,7 +392,7 @@ class MlflowTrialCallback(Callback):
                 if report.is_dir() and any(report.iterdir()):
                     self.client.log_artifacts(run_id, str(report), REPORT_DIR)
             log_torch_model(run_id, model, example)
-        self._close(tid, "FINISHED", "PRUNED" if pruned else "COMPLETE")
+        self._close(tid, RunStatus.FINISHED, TrialOutcome.PRUNED if pruned else TrialOutcome.COMPLETE)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         run_id = self.run_ids.get(trial.trial_id)
@@ -330,7 +402,7 @@ class MlflowTrialCallback(Callback):
         if error:
             self.client.set_tag(run_id, "error", error[:5000])
         self.n_failed += 1
-        self._close(trial.trial_id, "FAILED", "FAILED")
+        self._close(trial.trial_id, RunStatus.FAILED, TrialOutcome.FAILED)
 
     # helpers -----------------------------------------------------------------
     def _metrics_of(self, trial: Trial, result: dict) -> dict[str, float]:
@@ -381,7 +453,7 @@ class MlflowTrialCallback(Callback):
         if state is not None:
             self.client.set_tag(run_id, STATE_TAG, state)
         self.client.set_terminated(run_id, status=status)
-        if state == "COMPLETE" and len(self.objectives) == 1 and self.history.get(tid):
+        if state == TrialOutcome.COMPLETE and len(self.objectives) == 1 and self.history.get(tid):
             last: dict[str, float] = {}
             for m in self.history[tid]:
                 last.update(m)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from cnnf import functional as CF
+from cnnf.catalog import model_info
 from cnnf.layers import InstanceNormBias, Stage, TiedConv2d, TiedLinear
 from cnnf.models.base import FeedbackNet
 from cnnf.models.registry import register_model, resolve_recon_levels
@@ -196,20 +197,23 @@ def standard_backbone(
     return FeedbackNet(stages, ind=ind, step_size=step_size, legal_inds=legal_inds, recon_levels=recon_levels)
 
 
-@register_model("cnnf_fmnist_std", legal_inds=(0, 1, 2), feedback=True, input_shape=(1, 28, 28), n_levels=4, recon_levels=())
+STD, PLAIN_STD = model_info("cnnf_fmnist_std"), model_info("cnn_fmnist_std")  # legal inds, default recon levels
+
+
+@register_model(STD.name)
 def cnnf_fmnist_std(
     ind: int = 0, step_size: float = 0.1, in_channels: int = 1, n_classes: int = 10, recon_levels: Optional[Sequence[int]] = None
 ) -> FeedbackNet:
     """The B.1 CNN-F; the paper trains it with pixel-level reconstruction (ind 0) only."""
-    return standard_backbone(ind, step_size, in_channels, n_classes, (0, 1, 2), resolve_recon_levels(recon_levels, (), ind))
+    return standard_backbone(ind, step_size, in_channels, n_classes, STD.legal_inds, resolve_recon_levels(recon_levels, STD.recon_levels, ind))
 
 
-@register_model("cnn_fmnist_std", legal_inds=(0,), feedback=False, input_shape=(1, 28, 28), n_levels=4, recon_levels=())
+@register_model(PLAIN_STD.name)
 def cnn_fmnist_std(
     ind: int = 0, step_size: float = 0.1, in_channels: int = 1, n_classes: int = 10, recon_levels: Optional[Sequence[int]] = None
 ) -> FeedbackNet:
     """The same backbone as a plain CNN: always run with 0 feedback iterations."""
-    return standard_backbone(ind, step_size, in_channels, n_classes, (0,), ())
+    return standard_backbone(ind, step_size, in_channels, n_classes, PLAIN_STD.legal_inds, PLAIN_STD.recon_levels)
 
 
 def _fmnist_adversarial(
@@ -227,17 +231,20 @@ def _fmnist_adversarial(
     return FeedbackNet(stages, ind=ind, step_size=step_size, legal_inds=legal_inds, recon_levels=recon_levels)
 
 
-@register_model("cnnf_fmnist_adv", legal_inds=(0, 1, 2), feedback=True, input_shape=(1, 28, 28), n_levels=7, recon_levels=(3, 4))
+ADV, PLAIN_ADV = model_info("cnnf_fmnist_adv"), model_info("cnn_fmnist_adv")
+
+
+@register_model(ADV.name)
 def cnnf_fmnist_adv(
     ind: int = 2, step_size: float = 0.1, in_channels: int = 1, n_classes: int = 10, recon_levels: Optional[Sequence[int]] = None
 ) -> FeedbackNet:
     """The B.2 CNN-F (released setting ind 2, T 1, cc 0.1), reconstructing at levels 3 and 4 too."""
-    return _fmnist_adversarial(ind, step_size, in_channels, n_classes, (0, 1, 2), resolve_recon_levels(recon_levels, (3, 4), ind))
+    return _fmnist_adversarial(ind, step_size, in_channels, n_classes, ADV.legal_inds, resolve_recon_levels(recon_levels, ADV.recon_levels, ind))
 
 
-@register_model("cnn_fmnist_adv", legal_inds=(0,), feedback=False, input_shape=(1, 28, 28), n_levels=7, recon_levels=())
+@register_model(PLAIN_ADV.name)
 def cnn_fmnist_adv(
     ind: int = 0, step_size: float = 0.1, in_channels: int = 1, n_classes: int = 10, recon_levels: Optional[Sequence[int]] = None
 ) -> FeedbackNet:
     """The B.2 backbone as a plain CNN (the CNN column of Table 2)."""
-    return _fmnist_adversarial(ind, step_size, in_channels, n_classes, (0,), ())
+    return _fmnist_adversarial(ind, step_size, in_channels, n_classes, PLAIN_ADV.legal_inds, PLAIN_ADV.recon_levels)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from cnnf.catalog import model_info
 from cnnf.models.base import FeedbackNet
 from cnnf.models.fmnist import standard_backbone
 from cnnf.models.registry import register_model, resolve_recon_levels
@@ -23,17 +24,22 @@ from cnnf.models.registry import register_model, resolve_recon_levels
 WIDTHS = (8, 16, 64)  # conv1, conv2, FC: B.1's (32, 64, 128) narrowed
 
 
-@register_model("cnnf_mnist_small", legal_inds=(0, 1, 2), feedback=True, input_shape=(1, 28, 28), n_levels=4, recon_levels=())
+SMALL, PLAIN_SMALL = model_info("cnnf_mnist_small"), model_info("cnn_mnist_small")  # legal inds, default recon levels
+
+
+@register_model(SMALL.name)
 def cnnf_mnist_small(
     ind: int = 0, step_size: float = 0.1, in_channels: int = 1, n_classes: int = 10, recon_levels: Optional[Sequence[int]] = None
 ) -> FeedbackNet:
     """The small CNN-F (pixel-level reconstruction by default)."""
-    return standard_backbone(ind, step_size, in_channels, n_classes, (0, 1, 2), resolve_recon_levels(recon_levels, (), ind), WIDTHS)
+    return standard_backbone(
+        ind, step_size, in_channels, n_classes, SMALL.legal_inds, resolve_recon_levels(recon_levels, SMALL.recon_levels, ind), WIDTHS
+    )
 
 
-@register_model("cnn_mnist_small", legal_inds=(0,), feedback=False, input_shape=(1, 28, 28), n_levels=4, recon_levels=())
+@register_model(PLAIN_SMALL.name)
 def cnn_mnist_small(
     ind: int = 0, step_size: float = 0.1, in_channels: int = 1, n_classes: int = 10, recon_levels: Optional[Sequence[int]] = None
 ) -> FeedbackNet:
     """The same backbone as a plain CNN (0 feedback iterations)."""
-    return standard_backbone(ind, step_size, in_channels, n_classes, (0,), (), WIDTHS)
+    return standard_backbone(ind, step_size, in_channels, n_classes, PLAIN_SMALL.legal_inds, PLAIN_SMALL.recon_levels, WIDTHS)

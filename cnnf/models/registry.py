@@ -4,38 +4,26 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence
 
+from cnnf.catalog import ModelInfo, model_info
 from cnnf.models.base import FeedbackNet
 from cnnf.registry import Entry, Registry
 
 MODELS: Registry[FeedbackNet] = Registry("model")
 
 
-def register_model(
-    name: str,
-    *,
-    legal_inds: tuple[int, ...],
-    feedback: bool,
-    input_shape: tuple[int, int, int],
-    n_levels: int,
-    recon_levels: tuple[int, ...] = (),
-) -> Callable:
+def register_model(name: str) -> Callable:
     """Register a FeedbackNet factory(ind, step_size, in_channels, n_classes, recon_levels).
 
-    legal_inds: the feedback levels the architecture accepts.
-    feedback: False for a plain CNN of the same backbone (0 iterations only).
-    input_shape: (C, H, W) the architecture expects.
-    n_levels: the number of stages; level k is the input of stage k, so
-        levels 0..n_levels - 1 exist (the logits are not a level).
-    recon_levels: the intermediate levels that carry reconstruction losses by
-        default (those above `ind`); the factory's recon_levels overrides them.
+    The model's metadata (legal inds, feedback, input shape, levels, default
+    reconstruction levels) is its `cnnf.catalog.ModelInfo`, the entry's `meta`;
+    a name the catalog does not describe cannot be registered, and
+    `create_model` checks the built net against the record.
     """
-    return MODELS.register(
-        name, legal_inds=legal_inds, feedback=feedback, input_shape=input_shape, n_levels=n_levels, recon_levels=recon_levels
-    )
-
+    return MODELS.register(name, model_info(name))
 
 
 def model_entry(name: str) -> Entry[FeedbackNet]:
+    """The registered factory; `.meta` is the model's `cnnf.catalog.ModelInfo`."""
     return MODELS.get(name)
 
 
@@ -46,8 +34,15 @@ def create_model(name: str, init: str = "reference", **kwargs: Any) -> FeedbackN
     from cnnf.layers import check_init, initialize
 
     check_init(init)  # before building: an unknown scheme builds nothing
-    net = MODELS.create(name, **kwargs)
+    entry = MODELS.get(name)
+    net = entry.factory(**kwargs)
+    _check_against_catalog(net, entry.meta)
     return net if init == "reference" else initialize(net, init)
+
+
+def _check_against_catalog(net: FeedbackNet, info: ModelInfo) -> None:
+    if len(net.stages) != info.n_levels:
+        raise RuntimeError(f"model {info.name!r} built {len(net.stages)} levels but cnnf.catalog describes {info.n_levels}")
 
 
 def model_names() -> list[str]:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnf import functional as CF
+from cnnf.catalog import model_info
 from cnnf.layers import InstanceNormBias, Stage, TiedConv2d, TiedLinear
 from cnnf.models.base import FeedbackNet
 from cnnf.models.registry import register_model, resolve_recon_levels
@@ -151,20 +152,21 @@ def _wrn(ind: int, step_size: float, in_channels: int, n_classes: int, legal_ind
     return FeedbackNet(stages, ind=ind, step_size=step_size, legal_inds=legal_inds, recon_levels=recon_levels)
 
 
-GROUP_LEVELS = (6, 7, 8)
+# legal inds 0..6, default recon levels: the outputs of the three groups (6, 7, 8)
+WRN, PLAIN_WRN = model_info("cnnf_wrn40_2"), model_info("cnn_wrn40_2")
 
 
-@register_model("cnnf_wrn40_2", legal_inds=tuple(range(7)), feedback=True, input_shape=(3, 32, 32), n_levels=9, recon_levels=GROUP_LEVELS)
+@register_model(WRN.name)
 def cnnf_wrn40_2(
     ind: int = 5, step_size: float = 0.1, in_channels: int = 3, n_classes: int = 10, recon_levels: Optional[Sequence[int]] = None
 ) -> FeedbackNet:
     """The CIFAR-10 CNN-F (released setting ind 5, T 2, cc 0.05)."""
-    return _wrn(ind, step_size, in_channels, n_classes, tuple(range(7)), resolve_recon_levels(recon_levels, GROUP_LEVELS, ind))
+    return _wrn(ind, step_size, in_channels, n_classes, WRN.legal_inds, resolve_recon_levels(recon_levels, WRN.recon_levels, ind))
 
 
-@register_model("cnn_wrn40_2", legal_inds=(0,), feedback=False, input_shape=(3, 32, 32), n_levels=9, recon_levels=())
+@register_model(PLAIN_WRN.name)
 def cnn_wrn40_2(
     ind: int = 0, step_size: float = 0.1, in_channels: int = 3, n_classes: int = 10, recon_levels: Optional[Sequence[int]] = None
 ) -> FeedbackNet:
     """WRN-40-2 with IN + bias as a plain CNN (the CNN column of Table 3)."""
-    return _wrn(ind, step_size, in_channels, n_classes, (0,), ())
+    return _wrn(ind, step_size, in_channels, n_classes, PLAIN_WRN.legal_inds, PLAIN_WRN.recon_levels)

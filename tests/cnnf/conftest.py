@@ -49,7 +49,7 @@ def make_net(name: str, ind: int = 0, seed: int = 0, randomize_biases: bool = Tr
 
 
 def input_shape(name: str) -> tuple[int, int, int]:
-    return tuple(model_entry(name).meta["input_shape"])  # type: ignore[return-value]
+    return tuple(model_entry(name).meta.input_shape)  # type: ignore[return-value]
 
 
 @pytest.fixture(scope="session")

@@ -407,7 +407,7 @@ def tracer(monkeypatch: pytest.MonkeyPatch) -> Tracer:
 
 def _images(name: str, n: int = 2) -> Tensor:
     g = torch.Generator().manual_seed(0)
-    return torch.rand((n, *model_entry(name).meta["input_shape"]), generator=g) * 2 - 1
+    return torch.rand((n, *model_entry(name).meta.input_shape), generator=g) * 2 - 1
 
 
 def _trace(tracer: Tracer, name: str, n_iterations: int, **kwargs: Any) -> list[Token]:
@@ -449,7 +449,7 @@ def _flat(segments: Segments) -> list[Token]:
 # ---------------------------------------------------------------------------
 
 NAMES = model_names()
-FEEDBACK_NAMES = [n for n in NAMES if model_entry(n).meta["feedback"]]
+FEEDBACK_NAMES = [n for n in NAMES if model_entry(n).meta.feedback]
 
 
 def test_every_registered_model_has_a_spec_list() -> None:
@@ -495,7 +495,7 @@ def test_plain_twin_has_the_same_forward_sequence(tracer: Tracer, name: str) -> 
     """cnn_X is the backbone of cnnf_X run as a plain CNN: the same layers in the same order."""
     twin = name.replace("cnnf_", "cnn_", 1)
     assert twin in NAMES, f"{name} has no plain twin {twin} registered"
-    assert not model_entry(twin).meta["feedback"]
+    assert not model_entry(twin).meta.feedback
     _assert_sequence(_trace(tracer, twin, 0), _trace(tracer, name, 0), f"{twin} vs {name} first pass")
 
 

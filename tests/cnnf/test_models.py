@@ -34,8 +34,8 @@ from cnnf.models.wrn import BlocksStage, HeadStage, PreActBlock
 from tests.cnnf.conftest import images, input_shape, make_net
 
 NAMES = model_names()
-NAME_INDS = [(n, i) for n in NAMES for i in model_entry(n).meta["legal_inds"]]
-FEEDBACK = [n for n in NAMES if model_entry(n).meta["feedback"]]
+NAME_INDS = [(n, i) for n in NAMES for i in model_entry(n).meta.legal_inds]
+FEEDBACK = [n for n in NAMES if model_entry(n).meta.feedback]
 FEEDBACK_INDS = [p for p in NAME_INDS if p[0] in FEEDBACK]
 FASHION = ["cnnf_fmnist_std", "cnn_fmnist_std"]  # the B.1 backbone
 
@@ -77,7 +77,7 @@ DEFAULT_AUX: dict[str, tuple[int, ...]] = {"fmnist_std": (), "fmnist_adv": (3, 4
 
 
 def default_aux(name: str, ind: int) -> tuple[int, ...]:
-    if not model_entry(name).meta["feedback"]:
+    if not model_entry(name).meta.feedback:
         return ()
     return tuple(k for k in DEFAULT_AUX[backbone(name)] if k > ind)
 
@@ -99,9 +99,9 @@ def with_recon_levels(name: str, ind: int, recon_levels: Optional[Sequence[int]]
 
 def test_registry_lists_the_fashion_models() -> None:
     assert set(FASHION) <= set(NAMES)
-    assert model_entry("cnnf_fmnist_std").meta["feedback"] is True
-    assert model_entry("cnn_fmnist_std").meta["feedback"] is False
-    assert model_entry("cnn_fmnist_std").meta["legal_inds"] == (0,)
+    assert model_entry("cnnf_fmnist_std").meta.feedback is True
+    assert model_entry("cnn_fmnist_std").meta.feedback is False
+    assert model_entry("cnn_fmnist_std").meta.legal_inds == (0,)
 
 
 def test_registry_lists_every_backbone_with_its_plain_twin() -> None:
@@ -110,10 +110,10 @@ def test_registry_lists_every_backbone_with_its_plain_twin() -> None:
     assert {backbone(n) for n in NAMES} == set(LEVEL_SHAPES)
     for name in FEEDBACK:
         meta, plain = model_entry(name).meta, model_entry(twin(name)).meta
-        assert plain["feedback"] is False and plain["legal_inds"] == (0,) and plain["recon_levels"] == ()
-        assert plain["input_shape"] == meta["input_shape"] and plain["n_levels"] == meta["n_levels"]
-    assert model_entry("cnnf_fmnist_adv").meta["legal_inds"] == (0, 1, 2)
-    assert model_entry("cnnf_wrn40_2").meta["legal_inds"] == tuple(range(7))
+        assert plain.feedback is False and plain.legal_inds == (0,) and plain.recon_levels == ()
+        assert plain.input_shape == meta.input_shape and plain.n_levels == meta.n_levels
+    assert model_entry("cnnf_fmnist_adv").meta.legal_inds == (0, 1, 2)
+    assert model_entry("cnnf_wrn40_2").meta.legal_inds == tuple(range(7))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -121,10 +121,10 @@ def test_registry_meta_matches_the_built_model(name: str) -> None:
     """meta n_levels is the number of stages; meta recon_levels the spec's defaults."""
     meta = model_entry(name).meta
     net = create_model(name)
-    assert meta["n_levels"] == len(net.stages) == len(LEVEL_SHAPES[backbone(name)])
-    expected = DEFAULT_AUX[backbone(name)] if meta["feedback"] else ()
-    assert tuple(meta["recon_levels"]) == expected
-    assert all(0 < k < meta["n_levels"] for k in meta["recon_levels"])
+    assert meta.n_levels == len(net.stages) == len(LEVEL_SHAPES[backbone(name)])
+    expected = DEFAULT_AUX[backbone(name)] if meta.feedback else ()
+    assert tuple(meta.recon_levels) == expected
+    assert all(0 < k < meta.n_levels for k in meta.recon_levels)
 
 
 def test_fashion_parameter_count_matches_b1() -> None:
@@ -239,7 +239,7 @@ def test_gradient_reaches_every_parameter(name_ind: tuple[str, int]) -> None:
     net = make_net(name, ind).train()
     n = 2 * n_images(name)
     x, y = images(n, input_shape(name)), torch.arange(n)
-    n_iterations = 1 if model_entry(name).meta["feedback"] else 0
+    n_iterations = 1 if model_entry(name).meta.feedback else 0
     loss, ce, recon = cnnf_loss(net.iterate(x, n_iterations), y, clean_coef=1.0, recon_coef=0.1)
     loss.backward()
     for pname, p in net.named_parameters():
@@ -349,7 +349,7 @@ def test_feedback_model_and_plain_twin_agree_at_zero_iterations(name: str) -> No
     """cnnf_X and cnn_X hold the same parameters and give identical logits at T = 0."""
     x = images(n_images(name), input_shape(name))
     plain = make_net(twin(name), 0, seed=1)
-    for ind in (0, max(model_entry(name).meta["legal_inds"])):
+    for ind in (0, max(model_entry(name).meta.legal_inds)):
         net = make_net(name, ind)
         plain.load_state_dict(net.state_dict())  # strict: the same parameter names and shapes
         with torch.no_grad():
@@ -494,7 +494,7 @@ def test_recon_level_outside_the_feedback_range_is_rejected(name_ind: tuple[str,
     by FeedbackNet (ValueError) and by ModelConfig (ConfigError naming recon_levels),
     both saying what is allowed."""
     name, ind = name_ind
-    n_levels = model_entry(name).meta["n_levels"]
+    n_levels = model_entry(name).meta.n_levels
     for bad in (ind, n_levels, -1):
         with pytest.raises(ValueError) as info:
             create_model(name, ind=ind, recon_levels=(ind + 1, bad) if ind + 1 < n_levels else (bad,))
@@ -985,7 +985,7 @@ def test_later_pass_uses_negative_gates() -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_illegal_ind_is_rejected_with_legal_list(name: str) -> None:
-    legal = list(model_entry(name).meta["legal_inds"])
+    legal = list(model_entry(name).meta.legal_inds)
     for bad in (max(legal) + 1, -1):
         with pytest.raises(ValueError, match=rf"expected one of \[{', '.join(map(str, legal))}\]"):
             create_model(name, ind=bad)

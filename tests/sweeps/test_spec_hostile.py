@@ -27,7 +27,7 @@ from sweeps import spec
 from sweeps.cli import EXIT_INVALID, app
 from sweeps.spec import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, MAX_SHOWN, SpecError, load_sweep, parse_sweep
 from tests.conftest import EXAMPLES, REPO, TINY_SWEEP
-from tuning.experiments import experiment_names
+from tuning.kinds import experiment_names
 
 MALFORMED = Path(__file__).parent / "malformed"
 CORPUS = sorted(MALFORMED.glob("*.yaml"))
@@ -39,7 +39,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module", autouse=True)
 def _kinds_imported() -> None:
-    """The first experiment-kind lookup imports the trainables (torch, seconds);
+    """The first experiment-kind lookup builds the kind (imports torch, seconds);
     pay it once so the time limits below measure the loader."""
     experiment_names()
 

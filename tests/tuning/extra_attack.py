@@ -17,20 +17,20 @@ LABEL = "pgd_l2_extra"  # the new attack's label: metrics val_pgd_l2_extra_acc, 
 
 def extra_suites(cfg: Any) -> tuple[Any, Any]:
     from cnnf.evaluate import AttackSpec
-    from tuning.trainables import cnnf_suites
+    from tuning.kinds.cnnf import cnnf_suites
 
     added = AttackSpec.of("pgd_l2", 0.5, steps=2, label=LABEL)
     return tuple(dataclasses.replace(s, attacks=s.attacks + (added,)) for s in cnnf_suites(cfg))  # type: ignore[return-value]
 
 
 def train_extra(config: dict[str, Any], **kwargs: Any) -> None:
-    from tuning.trainables import train_cnnf
+    from tuning.kinds.cnnf import train_cnnf
 
     train_cnnf(config, suites=extra_suites, **kwargs)
 
 
 def final_metrics(cfg: Any) -> tuple[str, ...]:
-    from tuning.trainables import cnnf_final_metrics
+    from tuning.kinds.cnnf import cnnf_final_metrics
 
     return cnnf_final_metrics(cfg, extra_suites)
 
@@ -41,7 +41,7 @@ def register() -> None:
 
     from ray import cloudpickle
 
-    from tuning.experiments import EXPERIMENTS, experiment_kind, register_experiment
+    from tuning.kinds import EXPERIMENTS, experiment_kind, register_experiment
 
     if KIND not in EXPERIMENTS:
         register_experiment(dataclasses.replace(experiment_kind("cnnf"), name=KIND, trainable=train_extra,

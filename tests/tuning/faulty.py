@@ -33,9 +33,10 @@ def train_faulty(config: dict[str, Any], *, base: Any, cpus: float, gpus: float 
                  stage_dir: Optional[str] = None, replicates: int = 1) -> None:
     from ray import tune
 
-    import tuning.trainables as trainables
+    import tuning.replicates as machinery
     from cnnf.train import load_train_state
     from tuning.experiments import FINAL_KEY, TRIAL_KEY
+    from tuning.kinds.cnnf import train_cnnf
 
     sweep_dir = Path(stage_dir).parent  # stage_dir is <sweep folder>/stages
     number = int(config[TRIAL_KEY])
@@ -43,7 +44,7 @@ def train_faulty(config: dict[str, Any], *, base: Any, cpus: float, gpus: float 
     epoch = None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            epoch = load_train_state(Path(d) / trainables.STATE_FILE).epoch
+            epoch = load_train_state(Path(d) / machinery.STATE_FILE).epoch
     with (sweep_dir / START_LOG).open("a") as f:
         f.write(json.dumps({"trial": number, "checkpoint": checkpoint is not None, "epoch": epoch, "pid": os.getpid()}) + "\n")
 
@@ -54,7 +55,7 @@ def train_faulty(config: dict[str, Any], *, base: Any, cpus: float, gpus: float 
             return False  # failed once already: train on
         return True
 
-    original = trainables._report
+    original = machinery._report
 
     def report(metrics: dict, *args: Any, **kwargs: Any) -> None:
         if number == 0 and metrics.get("epoch") == FAIL_AT_EPOCH and not metrics.get(FINAL_KEY) and first_time():
@@ -63,11 +64,11 @@ def train_faulty(config: dict[str, Any], *, base: Any, cpus: float, gpus: float 
         if number == FAIL_AFTER_FINAL and metrics.get(FINAL_KEY) and first_time():
             raise RuntimeError(f"{MESSAGE} in trial {number} after its final report")
 
-    trainables._report = report
+    machinery._report = report
     try:
-        trainables.train_cnnf(config, base=base, cpus=cpus, gpus=gpus, stage_dir=stage_dir, replicates=replicates)
+        train_cnnf(config, base=base, cpus=cpus, gpus=gpus, stage_dir=stage_dir, replicates=replicates)
     finally:
-        trainables._report = original
+        machinery._report = original
 
 
 def register() -> None:
@@ -76,7 +77,7 @@ def register() -> None:
 
     from ray import cloudpickle
 
-    from tuning.experiments import EXPERIMENTS, experiment_kind, register_experiment
+    from tuning.kinds import EXPERIMENTS, experiment_kind, register_experiment
 
     if KIND not in EXPERIMENTS:
         register_experiment(dataclasses.replace(experiment_kind("cnnf"), name=KIND, trainable=train_faulty))

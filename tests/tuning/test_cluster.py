@@ -38,7 +38,8 @@ from tuning.cluster import (
     tracking_is_local,
     use_token_auth,
 )
-from tuning.jobs import EXCLUDES, JobInfo, _check_address, _entry, _error_line, _runtime_env, submit_sweep, sweep_jobs
+from sweeps.submit import _entry, submit_sweep
+from tuning.jobs import EXCLUDES, JobInfo, _check_address, _error_line, _runtime_env, sweep_jobs
 from tuning.runner import JOB_ID_ENV, JOBS_ADDRESS_ENV, LaunchError
 
 NOWHERE = "http://127.0.0.1:1"  # a dashboard address nothing answers at: checks must fail before using it
@@ -562,8 +563,8 @@ def test_call_lets_unrelated_errors_through() -> None:
 
 def test_new_job_id_skips_taken_ids() -> None:
     client = FakeJobs([job("tiny-1", "tiny-1", 1), job("tiny-1-2", "tiny-1", 2), job(None, None, 3)])
-    assert jobs._new_job_id(client, ADDR, "tiny-1") == "tiny-1-3"
-    assert jobs._new_job_id(client, ADDR, "tiny-9") == "tiny-9"
+    assert jobs.new_job_id(client, ADDR, "tiny-1") == "tiny-1-3"
+    assert jobs.new_job_id(client, ADDR, "tiny-9") == "tiny-9"
 
 
 # --- inside and outside a Ray trial ----------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sweeps.spec import parse_sweep
-from tuning.experiments import experiment_kind
+from tuning.kinds import experiment_kind
 from tuning.runner import STAGES, launch_sweep
 from tuning.space import apply_params
 

@@ -12,7 +12,7 @@ import pytest
 
 from cnnf.config import EvalConfig, ExperimentConfig
 from tests.conftest import TINY_SWEEP
-from tuning.experiments import experiment_kind
+from tuning.kinds import experiment_kind
 from tuning.tracking import STRICT_METRICS_ENV, MlflowTrialCallback, UndeclaredMetricError
 
 

@@ -18,9 +18,10 @@ import torch
 from cnnf.config import EvalConfig, ExperimentConfig
 from cnnf.report import AttackResult, Check, Curve, EvalReport
 from cnnf.train import EpochResult, TrainState
-from tuning import trainables
+from tuning import replicates
 from tuning.experiments import FINAL_KEY
-from tuning.trainables import EVAL_JSON, ReplicateOutcome, mean_over_replicates, run_replicates
+from tuning.kinds.cnnf import _seeded_cnnf
+from tuning.replicates import EVAL_JSON, ReplicateOutcome, mean_over_replicates, run_replicates
 
 # --- mean_over_replicates ------------------------------------------------------------
 
@@ -65,7 +66,7 @@ def test_non_numeric_and_partial_metrics_are_left_out() -> None:
 
 
 class Recorder:
-    """Stands in for trainables._report (tune.report with a checkpoint)."""
+    """Stands in for replicates._report (tune.report with a checkpoint)."""
 
     def __init__(self) -> None:
         self.reports: list[dict[str, Any]] = []
@@ -97,10 +98,10 @@ def fake_run_one(epochs: int, acc: dict[int, list[float]]) -> Callable:
 
 def test_run_replicates_reports_each_epoch_mean_then_the_final_mean(monkeypatch, tmp_path: Path) -> None:
     rec = Recorder()
-    monkeypatch.setattr(trainables, "_report", rec)
+    monkeypatch.setattr(replicates, "_report", rec)
     cfg = ExperimentConfig()
     acc = {0: [0.1, 0.2, 0.3], 1: [0.3, 0.4, 0.5], 2: [0.2, 0.3, 0.7]}
-    run_replicates(cfg, 3, trainables._seeded_cnnf, 3, fake_run_one(3, acc), [None] * 3, ("cnnf", "trial 0: x=1"))
+    run_replicates(cfg, 3, _seeded_cnnf, 3, fake_run_one(3, acc), [None] * 3, ("cnnf", "trial 0: x=1"))
 
     # epochs 1 and 2 on their own; epoch 3 goes with the final report
     assert len(rec.reports) == 3
@@ -136,8 +137,8 @@ def test_run_replicates_reports_each_epoch_mean_then_the_final_mean(monkeypatch,
 
 def test_run_replicates_with_one_replicate(monkeypatch, tmp_path: Path) -> None:
     rec = Recorder()
-    monkeypatch.setattr(trainables, "_report", rec)
-    run_replicates(ExperimentConfig(), 1, trainables._seeded_cnnf, 2, fake_run_one(2, {0: [0.4, 0.6]}), [None])
+    monkeypatch.setattr(replicates, "_report", rec)
+    run_replicates(ExperimentConfig(), 1, _seeded_cnnf, 2, fake_run_one(2, {0: [0.4, 0.6]}), [None])
     assert [r["metrics"].get("val_acc") for r in rec.reports] == [0.4, 0.6]
     final = rec.reports[-1]
     assert final["metrics"][FINAL_KEY] is True and "val_acc_std" not in final["metrics"]
@@ -149,8 +150,8 @@ def test_run_replicates_with_one_replicate(monkeypatch, tmp_path: Path) -> None:
 
 def test_replicate_seeds() -> None:
     cfg = replace(ExperimentConfig(), train=replace(ExperimentConfig().train, seed=10))
-    assert [trainables._seeded_cnnf(cfg, i).train.seed for i in range(3)] == [10, 11, 12]
-    assert trainables._seeded_cnnf(cfg, 0) is cfg
+    assert [_seeded_cnnf(cfg, i).train.seed for i in range(3)] == [10, 11, 12]
+    assert _seeded_cnnf(cfg, 0) is cfg
 
 
 # --- EvalReport JSON round trip -------------------------------------------------------------

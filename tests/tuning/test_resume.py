@@ -302,7 +302,7 @@ def test_resumed_trial_continued_from_its_checkpoint(resumed: dict[str, Any]) ->
         assert resumes, f"{result_file}: no report after a restore from a checkpoint"
         # No epoch trained twice, none after the last, and the restore went on from a checkpoint, not from scratch.
         # (Not epoch == training_iteration: a trial resumed from the successor of a checkpoint Tune
-        # deleted before saving its state, trainables._successor_states, has Tune's count one behind.)
+        # deleted before saving its state, replicates._successor_states, has Tune's count one behind.)
         epochs = [r["epoch"] for r in rows]
         assert epochs == sorted(set(epochs)) and epochs[-1] == EPOCHS, [(r["epoch"], r["training_iteration"]) for r in rows]
         assert all(r["epoch"] > 1 for r in resumes), [(r["epoch"], r["training_iteration"]) for r in rows]

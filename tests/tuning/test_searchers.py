@@ -345,3 +345,15 @@ def test_save_and_restore_keep_nothing_but_a_note(tmp_path: Path) -> None:
     assert "journal" in (tmp_path / "ckpt").read_text()
     s.restore(str(tmp_path / "ckpt"))
     assert s.set_search_properties("val_acc", "max", {}) is True
+
+
+def test_every_scheduler_the_spec_accepts_is_registered() -> None:
+    import typing
+
+    from tuning.config import SchedulerConfig
+    from tuning.schedulers import SCHEDULERS, TIME_ATTR
+
+    names = typing.get_args(typing.get_type_hints(SchedulerConfig)["name"])
+    assert sorted(names) == SCHEDULERS.names()
+    asha = SCHEDULERS.create("asha", sc=SchedulerConfig(name="asha", grace_period=1), metric="val_acc", mode="max", max_t=4)
+    assert asha._time_attr == TIME_ATTR == "epoch"

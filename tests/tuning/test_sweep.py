@@ -10,7 +10,7 @@ import pytest
 
 from sweeps.spec import parse_sweep
 from tests.conftest import TINY_SWEEP
-from tuning.experiments import experiment_kind
+from tuning.kinds import experiment_kind
 from tuning.space import apply_params
 from tuning.runner import JOURNAL, MLFLOW_DB, LaunchError, launch_sweep
 
@@ -52,6 +52,12 @@ def test_mlflow_holds_one_parent_and_two_children(sweep) -> None:
     assert parent.data.params["seed"] == "3"
     assert parent.data.tags["mlflow.source.git.commit"]
     assert {"sweep.yaml", "trials.csv", "sweep.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    # Optuna's plots of the study (a contour when both knobs took two values), and the tag that opens the runs view.
+    children_params = [r.data.params for r in runs if r.data.tags.get("mlflow.parentRunId") == outcome.parent_run_id]
+    varied = [p for p in ("model.ind", "model.step_size") if len({c[p] for c in children_params}) > 1]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")} == {
+        "optuna/optuna_history.png", "optuna/optuna_importances.png", *(["optuna/optuna_contour.png"] if len(varied) == 2 else [])}
+    assert client.get_experiment(outcome.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     spec_copy = Path(client.download_artifacts(parent.info.run_id, "sweep.yaml", str(out)))
     assert spec_copy.read_text() == loaded.text
     assert parent.data.metrics["best_val_acc"] == pytest.approx(max(c.data.metrics["val_acc"] for c in children))

@@ -98,7 +98,7 @@ def test_schedulers_from_the_spec() -> None:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
     from sweeps.spec import parse_sweep
-    from tuning.experiments import experiment_kind
+    from tuning.kinds import experiment_kind
     from tuning.runner import _scheduler
 
     kind = experiment_kind("cnnf")
@@ -287,7 +287,7 @@ def test_asha_status_command_counts_pruned(asha: Launched) -> None:
 
 @pytest.mark.slow
 def test_asha_report_counts_pruned_trials(asha: Launched) -> None:
-    from tuning.report import build_report
+    from sweeps.report import build_report
 
     outcome = asha.ok()
     text = build_report(outcome.output_dir, log_to_mlflow=False).read_text()
@@ -416,7 +416,7 @@ def test_replicates_artifacts_hold_every_seed(replicated: Launched, tmp_path: Pa
 
 @pytest.mark.slow
 def test_report_of_a_replicated_sweep(replicated: Launched) -> None:
-    from tuning.report import REPORT_FILE, build_report
+    from sweeps.report import REPORT_FILE, build_report
 
     outcome = replicated.ok()
     path = build_report(outcome.output_dir)
@@ -435,7 +435,7 @@ def test_report_of_a_replicated_sweep(replicated: Launched) -> None:
 
 @pytest.mark.slow
 def test_report_of_a_multi_objective_sweep(multi: Launched) -> None:
-    from tuning.report import build_report
+    from sweeps.report import build_report
 
     outcome = multi.ok()
     text = build_report(outcome.output_dir).read_text()
@@ -555,7 +555,7 @@ def test_max_failed_trials_stops_the_sweep(failing: Launched) -> None:
 
 @pytest.mark.slow
 def test_report_lists_the_failed_trial(failing: Launched) -> None:
-    from tuning.report import build_report
+    from sweeps.report import build_report
 
     outcome = failing.ok()
     text = build_report(outcome.output_dir, log_to_mlflow=False).read_text()

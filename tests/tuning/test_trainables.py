@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cnnf.train import TrainState, save_train_state
-from tuning.trainables import _state_file, _successor_states, trial_device
+from tuning.replicates import _state_file, _successor_states, trial_device
 
 
 def test_auto_device_follows_the_trials_gpu_request() -> None:

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
+import os
 from pathlib import Path
 from typing import Any, Optional
 
-import os
-
 from cnnf.report import EvalReport
 from cnnf.tables import cnnf_table, fl_table
-
-from tuning.runner import SPEC_FILE, read_state
-from tuning.tracking import SweepTracker, TrialRecord
+from sweeps.spec import parse_sweep
+from tuning.folder import SPEC_FILE, read_state
+from tuning.status import TrialOutcome
+from tuning.tracking import SweepTracker, TrialRecord, trial_counts
 
 REPORT_FILE = "report.md"
 TOP_K = 5
@@ -46,18 +45,12 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def _eval_reports(tracker: SweepTracker, run_id: str) -> Optional[list[list[EvalReport]]]:
     """[[val, test] per replicate] from the run's report/eval.json, if it has one."""
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = tracker.client.download_artifacts(run_id, "report/eval.json", tmp)
-        except Exception:  # noqa: BLE001 - a pruned or failed trial has none
-            return None
-        raw = json.loads(Path(path).read_text())
-    return [[EvalReport.from_dict(d) for d in pair] for pair in raw]
+    text = tracker.run_file(run_id, "report/eval.json")
+    return None if text is None else [[EvalReport.from_dict(d) for d in pair] for pair in json.loads(text)]
 
 
 def build_report(sweep_dir: Path, log_to_mlflow: bool = True) -> Path:
     """Write <sweep>/report.md (and pareto.png for several objectives); returns its path."""
-    from sweeps.spec import parse_sweep
     from tuning.pareto import pareto_front, plot_pareto
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -67,6 +60,7 @@ def build_report(sweep_dir: Path, log_to_mlflow: bool = True) -> Path:
     tracker = SweepTracker(state["tracking_uri"], "", experiment_id=state["experiment_id"])
     tracker.parent_run_id = state["parent_run_id"]
     records = tracker.records()
+    counts = trial_counts(records)
     s = cfg.search
     metrics, modes = s.metrics, s.modes
     params = list(cfg.space)
@@ -77,10 +71,10 @@ def build_report(sweep_dir: Path, log_to_mlflow: bool = True) -> Path:
             f"{s.replicates} replicate(s) per configuration, {s.num_trials} trials requested",
             f"- status: {state.get('status')}" + (f" ({state['stop_reason']})" if state.get("stop_reason") else ""),
             "- trials: " + ", ".join(f"{n} {label}" for label, n in (
-                ("complete", sum(r.complete for r in records)),
-                ("pruned (stopped early)", sum(r.status == "FINISHED" and r.state == "PRUNED" for r in records)),
-                ("failed", sum(r.status == "FAILED" for r in records)),
-                ("interrupted", sum(r.status in ("KILLED", "RUNNING") for r in records)))),
+                ("complete", counts[TrialOutcome.COMPLETE]),
+                ("pruned (stopped early)", counts[TrialOutcome.PRUNED]),
+                ("failed", counts[TrialOutcome.FAILED]),
+                ("interrupted", counts[TrialOutcome.KILLED] + counts[TrialOutcome.RUNNING]))),
             f"- MLflow: `{state['tracking_uri']}`, experiment {state['experiment_id']}, parent run `{state['parent_run_id']}`\n"]
     artifacts: list[Path] = []
     if s.multi_objective:
@@ -111,15 +105,14 @@ def build_report(sweep_dir: Path, log_to_mlflow: bool = True) -> Path:
                  "Replicates of a configuration are shown as mean ± std over their seeds.\n",
                  "### Validation split (what the sweep optimised)\n", table(rows_val),
                  "\n### Test split (reporting only; never used for selection)\n", table(rows_test), ""]
-    failed = [r for r in records if r.status == "FAILED"]
+    failed = [r for r in records if r.outcome == TrialOutcome.FAILED]
     if failed:
-        errors = {r.run_id: tracker.client.get_run(r.run_id).data.tags.get("error", "") for r in failed}
+        errors = {r.run_id: tracker.run_tag(r.run_id, "error") for r in failed}
         text += ["## Failed trials\n", _table(["trial", *params, "error"],
                                               [[r.trial_id, *(_fmt(r.params.get(p, "-")) for p in params),
                                                 errors[r.run_id].replace("|", "/")[:200]] for r in failed]), ""]
     path = sweep_dir / REPORT_FILE
     path.write_text("\n".join(text) + "\n")
     if log_to_mlflow:
-        for p in [path, *artifacts]:
-            tracker.client.log_artifact(state["parent_run_id"], str(p), "report")
+        tracker.log_parent_files([path, *artifacts], "report")
     return path
