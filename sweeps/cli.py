@@ -95,8 +95,10 @@ def _outcome(outcome) -> None:  # SweepOutcome -> exit code
     if outcome.best is not None or outcome.pareto:
         out.print("open it in the MLflow UI:", soft_wrap=True)
         out.print(f"  {outcome.ui_command}", soft_wrap=True)
+        if outcome.experiment_url:
+            out.print(f"  then browse {outcome.experiment_url} (the sweep's runs)", soft_wrap=True)
         if outcome.best_url:
-            out.print(f"  then browse {outcome.best_url}", soft_wrap=True)
+            out.print(f"  or {outcome.best_url} (the best trial)", soft_wrap=True)
     if outcome.status == SweepStatus.KILLED:
         from tuning.folder import JOBS_ADDRESS_ENV
 

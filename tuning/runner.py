@@ -62,6 +62,7 @@ class SweepOutcome:
     best: Optional[TrialSummary]  # single objective
     ui_command: str
     best_url: Optional[str]
+    experiment_url: str = ""  # the sweep's runs in the MLflow UI
     n_pruned: int = 0  # stopped early by the scheduler
     pareto: list[TrialSummary] = field(default_factory=list)  # several objectives
     stop_reason: str = ""  # a budget that ended the sweep early
@@ -364,6 +365,7 @@ def _finish(cfg: SweepConfig, out: Path, tracker: SweepTracker, state: dict[str,
         parent_run_id=tracker.parent_run_id or "", metric=",".join(s.metrics), mode=",".join(s.modes),
         status=status, n_requested=s.num_trials, n_finished=n_complete, n_failed=n_failed, best=best, ui_command=ui,
         best_url=f"{ui_base}/{tracker.run_url(best.run_id)}" if best else None, n_pruned=n_pruned, pareto=pareto,
+        experiment_url=f"{ui_base}/{tracker.experiment_url()}",
         stop_reason=stop_reason,
     )
 

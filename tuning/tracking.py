@@ -47,9 +47,10 @@ TUNE_BOOKKEEPING = frozenset(AUTO_RESULT_KEYS) | {DONE, TRIAL_ID, EXPERIMENT_TAG
 logger = logging.getLogger(__name__)
 
 
-# The MLflow UI opens an experiment on this tag: without it, MLflow 3 shows the GenAI overview (traces), not the runs.
+# What the MLflow UI reads to open an experiment on its runs rather than the GenAI overview (traces).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+UI_WORKFLOW = "machine_learning"  # the UI's "Model training" view (runs, not traces)
 
 
 class UndeclaredMetricError(RuntimeError):
@@ -169,6 +170,13 @@ class SweepTracker:
 
     def run_url(self, run_id: str) -> str:
         return f"#/experiments/{self.experiment_id}/runs/{run_id}"
+
+    def experiment_url(self) -> str:
+        """The experiment's runs table in the MLflow UI. MLflow 3.17's UI picks
+        its view from the `workflowType` in the URL (else the browser's last
+        choice, GenAI by default, which opens an empty traces overview); the
+        experiment's `mlflow.experimentKind` tag is read only when that toggle is off."""
+        return f"#/experiments/{self.experiment_id}?workflowType={UI_WORKFLOW}"
 
     def children(self) -> list[Any]:
         """Every child run of the parent (all pages)."""

@@ -34,6 +34,8 @@ def test_outcome_names_best_trial_and_ui_command(sweep) -> None:
     assert outcome.tracking_uri == f"sqlite:///{out / MLFLOW_DB}"
     assert f"ui --backend-store-uri {outcome.tracking_uri}" in outcome.ui_command
     assert outcome.best is not None and outcome.best_url.endswith(f"/runs/{outcome.best.run_id}")
+    # MLflow 3.17's UI shows the runs table (not the GenAI overview) only for this workflowType in the URL.
+    assert outcome.experiment_url == f"http://127.0.0.1:5000/#/experiments/{outcome.experiment_id}?workflowType=machine_learning"
 
 
 def test_mlflow_holds_one_parent_and_two_children(sweep) -> None:
