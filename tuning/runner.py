@@ -324,7 +324,6 @@ def _finish(cfg: SweepConfig, out: Path, tracker: SweepTracker, state: dict[str,
     """Close unfinished runs, summarise every trial in the MLflow store (this
     launch's and earlier ones') on the parent run, update sweep.json."""
     from tuning.pareto import pareto_front
-
     from tuning.tracking import trial_counts
 
     s = cfg.search
@@ -348,7 +347,7 @@ def _finish(cfg: SweepConfig, out: Path, tracker: SweepTracker, state: dict[str,
     optuna_plots = plot_study(out / JOURNAL, state["sweep_id"], s.metrics, s.modes, out) if cfg.space else []
     tracker.log_parent_files(optuna_plots, "optuna")
     best_record = next((r for r in records if best is not None and r.run_id == best.run_id), None)
-    tracker.finish_parent(status, files=files, counts=counts, front=front, best=best_record, metric=s.metrics[0],
+    tracker.finish_parent(status, records=records, files=files, front=front, best=best_record, metric=s.metrics[0],
                           stop_reason=stop_reason)
     state.update(status=status, driver_pid=None, stop_reason=stop_reason)
     write_state(out, state)

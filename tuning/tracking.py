@@ -116,17 +116,17 @@ class SweepTracker:
             if run.info.status == RunStatus.RUNNING:
                 self.client.set_terminated(run.info.run_id, status=RunStatus.KILLED)
 
-    def finish_parent(self, status: str, *, files: list[Path], counts: dict[TrialOutcome, int], front: list[TrialRecord],
-                      best: Optional[TrialRecord], metric: str, stop_reason: str, files_dir: Optional[str] = None) -> None:
+    def finish_parent(self, status: str, *, records: list[TrialRecord], files: list[Path], front: list[TrialRecord],
+                      best: Optional[TrialRecord], metric: str, stop_reason: str) -> None:
         """The sweep's summary on its parent run, then end it with `status`:
         the files (trial table, plots, summary.json), the trial counts, the
         Pareto front (a `pareto` tag on every complete trial's run) and the best trial."""
         client, run_id = self.client, self.parent_run_id
-        for path in files:
-            client.log_artifact(run_id, str(path), files_dir)
+        counts = trial_counts(records)
+        self.log_parent_files(files)
         if front:
             on_front = {r.run_id for r in front}
-            for r in self.records():
+            for r in records:
                 if r.complete:
                     client.set_tag(r.run_id, "pareto", str(r.run_id in on_front).lower())
             client.log_metric(run_id, "n_pareto", len(front))

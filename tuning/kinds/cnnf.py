@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from tuning.kinds.registry import ExperimentKind, register_lazy_experiment
+from tuning.kinds.registry import ExperimentKind, check_data, register_lazy_experiment
 
 if TYPE_CHECKING:
     import torch
@@ -127,12 +127,6 @@ def load_cnnf_model(checkpoint_dir: Path, cfg: ExperimentConfig) -> tuple[torch.
     return InferenceModel(net, cfg.eval_iterations, cfg.eval.prediction), example
 
 
-def _cnnf_preflight(cfg: ExperimentConfig) -> None:
-    from cnnf.datafiles import check_available
-
-    check_available(cfg.data)
-
-
 def _cnnf_eval_note(cfg: ExperimentConfig) -> str:
     e = cfg.eval
     return (f"PGD-{e.pgd_steps} Linf eps={e.eps_linf:g} ([0, 1] pixel units), {cfg.eval_iterations} feedback "
@@ -149,7 +143,7 @@ def _kind() -> ExperimentKind:
         config_cls=ExperimentConfig,
         epoch_metrics=EPOCH_METRICS,
         final_metrics=cnnf_final_metrics,
-        preflight=_cnnf_preflight,
+        preflight=check_data,
         load_model=load_cnnf_model,
         describe_eval=_cnnf_eval_note,
     )

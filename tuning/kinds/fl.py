@@ -13,7 +13,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from tuning.kinds.registry import ExperimentKind, register_lazy_experiment
+from tuning.kinds.registry import ExperimentKind, check_data, register_lazy_experiment
 
 if TYPE_CHECKING:
     import torch
@@ -192,12 +192,6 @@ def load_fl_model(checkpoint_dir: Path, cfg: FLConfig) -> tuple[torch.nn.Module,
     return scored_model(net, cfg), example
 
 
-def _fl_preflight(cfg: FLConfig) -> None:
-    from cnnf.datafiles import check_available
-
-    check_available(cfg.data)
-
-
 def _fl_eval_note(cfg: FLConfig) -> str:
     e = cfg.eval
     return (f"FL suite: Linf eps={e.eps_linf:g}, L2 {e.l2_eps}, noise {e.noise_eps:g}/{e.noise_sigma:g} ([0, 1] pixel units); "
@@ -214,7 +208,7 @@ def _kind() -> ExperimentKind:
         config_cls=FLConfig,
         epoch_metrics=EPOCH_METRICS,
         final_metrics=_fl_final_metrics,
-        preflight=_fl_preflight,
+        preflight=check_data,
         load_model=load_fl_model,
         describe_eval=_fl_eval_note,
         epochs_path="retrain.epochs",

@@ -53,6 +53,13 @@ class ExperimentKind:
         return int(_dotted(config, self.seed_path))
 
 
+def check_data(config: Any) -> None:
+    """The preflight of a kind whose config has `data`: its files exist (no torch)."""
+    from cnnf.datafiles import check_available
+
+    check_available(config.data)
+
+
 EXPERIMENTS: Registry[ExperimentKind] = Registry("experiment kind")
 
 
