@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import sys
 import tempfile
 import time
@@ -177,6 +179,7 @@ def trial_timings(history: Sequence[EpochResult], reports: dict[str, EvalReport]
            "time_trial_s": time.perf_counter() - started}
     for split, report in reports.items():
         out.update(report.timings(f"time_{split}_"))
+    out.update(gpu_memory_peak())
     return out
 
 
@@ -197,6 +200,8 @@ def start_trial(cpus: float, n_replicates: int = 1, gpus: float = 0.0) -> list[O
     torch.set_num_threads(max(1, int(cpus)))
     if torch.cuda.is_available():  # the process may be reused from an earlier trial (reuse_actors)
         torch.cuda.empty_cache()
+        if torch.cuda.is_initialized():
+            torch.cuda.reset_peak_memory_stats()  # gpu_mem_peak_mib is this trial's, not the process's
         if gpus > 0:
             torch.cuda.set_device(0)
             if gpus < 1:
@@ -243,8 +248,40 @@ def trial_device(requested: str, gpus: float) -> str:
     """The device a trial may use: 'auto' means its GPU only if Ray gave it one.
 
     Ray sets CUDA_VISIBLE_DEVICES to the GPUs it assigned, so "cuda" is the
-    trial's own GPU; a trial that asked for none must not grab a visible one.
+    trial's own GPU; a trial that asked for none must not grab a visible one
+    and runs on the CPU. A trial that Ray gave a GPU torch cannot see (a
+    CPU-only torch, no driver, a node that declares GPUs it does not have)
+    fails here, naming the GPU, rather than training on the CPU unnoticed
+    while it holds a GPU slot of the cluster.
     """
+    if gpus > 0 and (requested == "auto" or requested.startswith("cuda")) and not torch.cuda.is_available():
+        raise GPUUnavailableError(gpu_unavailable_message(gpus))
     if requested != "auto":
         return requested
-    return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+    return "cuda" if gpus > 0 else "cpu"
+
+
+class GPUUnavailableError(RuntimeError):
+    """Ray gave the trial a GPU that torch in the trial's process cannot use."""
+
+
+def gpu_unavailable_message(gpus: float) -> str:
+    """One line: which GPU Ray gave the trial, and why torch cannot use it."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}, finds no usable device"
+    ray_ids = trial_placement().get("trial_gpu_ids", "?")
+    return (f"resources.gpu {gpus:g}: Ray gave this trial GPU {ray_ids or '?'} (CUDA_VISIBLE_DEVICES={visible!r}) "
+            f"on {socket.gethostname()}, but torch {torch.__version__} ({build}) cannot use it; the trial does not fall "
+            f"back to the CPU: fix the node's driver or torch, declare no GPUs the node lacks (ray start --num-gpus), "
+            f"or set resources.gpu: 0")
+
+
+def gpu_memory_peak() -> dict[str, float]:
+    """The trial process's peak CUDA memory (the caching allocator's reserved
+    bytes, which the memory-fraction cap bounds) in MiB; empty off the GPU."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return {}
+    return {GPU_MEM_PEAK: torch.cuda.max_memory_reserved() / 2**20}
+
+
+GPU_MEM_PEAK = "gpu_mem_peak_mib"

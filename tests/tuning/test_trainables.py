@@ -8,14 +8,49 @@ import pytest
 import torch
 
 from cnnf.train import TrainState, save_train_state
-from tuning.replicates import _state_file, _successor_states, trial_device
+from tuning.replicates import (GPU_MEM_PEAK, GPUUnavailableError, _state_file, _successor_states, gpu_memory_peak,
+                                trial_device)
 
 
 def test_auto_device_follows_the_trials_gpu_request() -> None:
     assert trial_device("auto", 0.0) == "cpu"  # a visible GPU is not the trial's to take
-    assert trial_device("auto", 0.5) == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert trial_device("cpu", 1.0) == "cpu"
-    assert trial_device("cuda:1", 0.0) == "cuda:1"  # an explicit device is the user's call
+    assert trial_device("cpu", 1.0) == "cpu"  # an explicit device is the user's call
+    assert trial_device("cuda:1", 0.0) == "cuda:1"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_trial_given_a_gpu_uses_it() -> None:
+    assert trial_device("auto", 0.5) == "cuda"
+    assert trial_device("cuda", 1.0) == "cuda"
+
+
+@pytest.mark.parametrize("requested", ["auto", "cuda", "cuda:0"])
+def test_a_gpu_torch_cannot_see_fails_the_trial_instead_of_falling_back(requested: str, monkeypatch) -> None:
+    """Ray gave the trial GPU 1 (a node declaring GPUs it lacks, a CPU-only
+    torch, a broken driver): training on the CPU would hold a GPU slot and
+    report CPU figures as GPU ones."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    with pytest.raises(GPUUnavailableError) as info:
+        trial_device(requested, 0.25)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("resources.gpu 0.25: Ray gave this trial GPU")
+    assert "CUDA_VISIBLE_DEVICES='1'" in message and f"torch {torch.__version__}" in message
+    assert "does not fall back to the CPU" in message
+    assert trial_device("auto", 0.0) == "cpu"  # without a GPU request the same process trains on the CPU
+
+
+def test_gpu_memory_peak_is_empty_off_the_gpu(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_memory_peak() == {}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_memory_peak_reads_the_allocator() -> None:
+    x = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")
+    assert gpu_memory_peak()[GPU_MEM_PEAK] >= 64
+    del x
 
 
 def _checkpoint(folder: Path, epochs: list[int]) -> None:
