@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean-runs screenshot
+.PHONY: demo test install clean-runs screenshot gpu-wheels
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(VENV)/.installed
 ## make screenshot: the README's picture of MLflow's Compare page (runs the quickstart; needs chromium).
 screenshot: $(VENV)/.installed
 	$(BIN)/python docs/screenshots/take.py
+
+## make gpu-wheels: what a bare GPU machine lacks (Ray, Optuna, MLflow, ...), as cp312 wheels packed for
+## benchmarks/gpu_check.sh in .gpu-wheels/ (docs/cluster/gpu-check.md; needs pip's index, ~4 min).
+gpu-wheels: $(VENV)/.installed
+	$(BIN)/python benchmarks/gpu_wheels.py
 
 clean-runs:
 	rm -rf runs

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -276,3 +277,121 @@ def test_boundary_search_script_runs(tmp_path: Path) -> None:
         (what, target) for what, target in (("exact fp32", 2.0), ("exact bf16", 5.0), ("c2f fp32", 10.0), ("c2f bf16", 10.0))
         if what in rows]
     assert all(isinstance(t["passed"], bool) for t in figures["targets"])
+
+
+# ---------------------------------------------------------------- the GPU check (issue #24)
+
+
+def _gpu_wheels():
+    """benchmarks/gpu_wheels.py as a module (it needs only packaging and the standard library)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import gpu_wheels
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return gpu_wheels
+
+
+def _fake_wheel(folder: Path, name: str, version: str, requires: list[str]) -> Path:
+    """A minimal wheel: only its METADATA, which is all the closure reads."""
+    import zipfile
+
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{name}-{version}.dist-info/METADATA", meta)
+    return path
+
+
+def test_gpu_wheels_closure_follows_markers_extras_and_the_preinstalled_list(tmp_path: Path) -> None:
+    """The closure takes a wheel for each requirement not preinstalled, follows `extra` requirements only
+    for the extras asked, evaluates markers for CPython 3.12 on Linux, and the check reports a
+    preinstalled package whose known version is outside a specifier, and one met by neither."""
+    from packaging.requirements import Requirement
+
+    g = _gpu_wheels()
+    _fake_wheel(tmp_path, "alpha", "1.0", ["beta>=2", "gamma; extra == 'fast'", "delta; extra == 'docs'",
+                                             "winonly; sys_platform == 'win32'", "old; python_version < '3.12'", "torch>=2.4"])
+    _fake_wheel(tmp_path, "beta", "2.1", ["numpy<3"])
+    _fake_wheel(tmp_path, "gamma", "0.5", [])
+    pre = {"torch": "2.11.0", "numpy": None}
+    roots = [Requirement("alpha[fast]==1.0")]
+    wheels, notes = g.resolve(roots, pre, tmp_path, {"alpha": "1.0", "beta": "2.1", "gamma": "0.5"}, download=False, log=lambda *a: None)
+    assert set(wheels) == {"alpha", "beta", "gamma"} and notes == []  # no delta (extra not asked), winonly, old; torch, numpy preinstalled
+    assert wheels["alpha"].extras == {"fast"} and wheels["beta"].needed_by == {"alpha==1.0"}
+    problems, unverified = g.check(roots, wheels, pre)
+    assert problems == [] and unverified == ["beta==2.1 needs numpy<3 (preinstalled, version unknown here)"]
+    problems, _ = g.check(roots + [Requirement("torch>=2.12"), Requirement("nowhere")], wheels, pre)
+    assert problems == ["pyproject.toml needs torch>=2.12, the machine has 2.11.0 (carry a wheel: take torch off gpu_preinstalled.txt)",
+                        "pyproject.toml needs nowhere: neither a wheel of the set nor preinstalled"]
+    with pytest.raises(g.ClosureError, match=r"no wheel for delta==1\.0"):  # without --download nothing is fetched
+        g.resolve([Requirement("delta")], pre, tmp_path, {"delta": "1.0"}, download=False, log=lambda *a: None)
+
+
+def test_gpu_wheels_preinstalled_list_is_parsed_and_bad_input_is_one_line(tmp_path: Path) -> None:
+    g = _gpu_wheels()
+    pre = g.read_preinstalled(g.PREINSTALLED)
+    # the device notes' list: torch and numpy there (with the versions KINDS.md gives), Ray, Optuna, MLflow, pydantic not
+    assert pre["torch"] == "2.11.0" and pre["numpy"] == "2.5.2" and "pyyaml" in pre and "typer" in pre
+    assert not {"ray", "optuna", "mlflow", "pydantic"} & set(pre)
+    bad = tmp_path / "pre.txt"
+    bad.write_text("torch\nnot a name!\n")
+    with pytest.raises(g.ClosureError, match=r"pre\.txt:2: expected NAME or NAME==VERSION"):
+        g.read_preinstalled(bad)
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_wheels.py"), "--unpack", str(tmp_path / "site"),
+                           "--parts-from", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("gpu_wheels: --unpack") and f"no manifest.json in {tmp_path / 'nowhere'}" in line
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.py --dry-run: the whole flow on the CPU, run from outside the repository with
+    no PYTHONPATH (the script puts the repository there for the sweeps and their Ray workers). About
+    45 s on 2 cores: two real 2-trial sweeps, each starting its own Ray."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | SMOKE_ENV | {"RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out),
+                           "--work", str(work), "--budget-s", "300"], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = json.loads((out / "gpu_check.json").read_text())
+    assert proc.stdout.startswith("host: ") and figures["host"]["cpu"] in proc.stdout.splitlines()[0]
+    assert figures["dry_run"] is True and figures["sizes"] == {"trials": 2, "epochs": 1, "n_train": 64, "replicates": 1}
+    assert figures["requirements"]["unmet"] == [] and figures["requirements"]["requirements_checked"] > 50
+    # The CUDA tests are found by their skip mark, run, and skip here for want of CUDA (saying so).
+    t = figures["cuda_tests"]
+    assert {"tests/cnnf/test_cuda.py", "tests/cnnf/attacks/test_cuda.py"} <= set(t["files"])
+    assert t["failures"] == t["errors"] == 0 and t["returncode"] == 0
+    import torch
+
+    if not torch.cuda.is_available():
+        assert t["skipped_for_cuda"] == t["skipped"] > 0 and "needs a CUDA device" in t["skip_reasons"]
+        assert f"{t['skipped']} skipped of {t['tests']}" in proc.stdout
+    if shutil.which("nvidia-smi") is None:
+        assert "nvidia-smi: not found" in proc.stdout and "nvidia_smi" in figures["skipped"]
+    # Two real sweeps, read back from their MLflow store: 1 parent and 2 finished children each, every child tagged.
+    for label, concurrent in (("packed", 2), ("serial", 1)):
+        s = figures["sweeps"][label]
+        assert s["returncode"] == 0 and s["stopped"] is None, s["output_tail"]
+        assert s["spec"]["resources"] == {"cpu": 1.0, "gpu": 0.0} and s["spec"]["search"]["max_concurrent"] == concurrent
+        assert s["spec"]["scheduler"] == {"name": "fifo"} and s["spec"]["base"]["train"]["device"] == "cpu"
+        assert (s["parent_runs"], s["child_runs"], s["finished_trials"]) == (1, 2, 2)
+        assert s["children_with_gpu_ids_tag"] == s["children_with_trial_id_tag"] == 2 and s["gpu_ids_seen"] == [""]
+        assert {tr["state"] for tr in s["trials"]} == {"COMPLETE"}
+        assert 0 < s["trial_window_s"] <= s["wall_s"]
+        assert s["trials_per_hour"] == pytest.approx(2 / s["trial_window_s"] * 3600)
+        assert s["trials_per_hour_wall"] == pytest.approx(2 / s["wall_s"] * 3600)
+        # no CUDA in the trials: no peak memory metric, no share to exceed
+        assert s["gpu_mem_peak_mib_max"] is None and s["memory_share_mib"] is None and s["trials_over_share"] is None
+        assert f"[{label}] 2/2 trials finished" in proc.stdout
+    # Same seed and fifo: both sweeps trained the same configurations.
+    params = {label: sorted(json.dumps(tr["params"], sort_keys=True) for tr in figures["sweeps"][label]["trials"])
+              for label in ("packed", "serial")}
+    assert params["packed"] == params["serial"] and all("train.clean_coef" in p for p in params["packed"])
+    tg = figures["targets"]
+    assert set(tg) == {"cuda_tests_pass", "packed_speedup", "no_trial_over_memory_share"}
+    assert all(v["passed"] is None and v["why_none"].startswith("dry run") for v in tg.values())
+    packed, serial = (figures["sweeps"][k]["trials_per_hour"] for k in ("packed", "serial"))
+    assert tg["packed_speedup"]["value"] == pytest.approx(packed / serial) and tg["packed_speedup"]["threshold"] == 2.5
+    assert 0 < figures["wall_s"] <= 300
