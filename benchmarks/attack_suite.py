@@ -11,7 +11,7 @@ Targets (what the attack differentiates or queries): a plain CNN is
 attacked through its only pass ("first"); a CNN-F through its first pass
 (`InferenceModel(net, 0, "first")`), end to end (`InferenceModel(net, 1,
 "avg")`, "e2e") and, for PGD, end to end with straight-through feedback
-gates ("e2e_bpda"). Every attack is built with its registry defaults and
+gates ("e2e_bpda"; also APGD). Every attack is built with its registry defaults and
 eps 0.1 in [0, 1] pixel units (Linf, and the Gaussian noise's std); L2 PGD
 with an L2 budget of 1.5; CW-L2 and DeepFool unbounded. The transfer
 attack runs PGD-Linf on a separately initialised plain CNN of the same
@@ -41,8 +41,11 @@ run's largest batch. Images are the first of the Fashion-MNIST test split
 from $CNNF_DATA_ROOT, else of the bundled sample: 64 per call by default,
 more for FGSM and fewer for the attacks with hundreds to thousands of
 forward passes per image (`DEFAULT_BATCH`; `--batch` sets one for all:
-mind SPSA, ~26,000 forward passes per image). A default CPU run takes about
-7 minutes on 2 cores. Run it alone: the machine is shared and any other
+mind SPSA, ~26,000 forward passes per image, and Square, 5,001). A default
+CPU run took about 7 minutes on 2 cores before APGD-CE, APGD-DLR, APGD-T
+(AutoAttack's 100 iterations, 9 targets) and Square (5,000 queries) were
+added; with them, expect several minutes more (their full-work figures are
+to be measured alone). Run it alone: the machine is shared and any other
 load lowers every figure. The host (CPU model, avx2 / avx512f / avx512_bf16 /
 amx flags, threads) is printed first and stored under "host" in the JSON.
 Everything runs in fp32: there are no bf16 rows to skip on a CPU without
@@ -82,11 +85,14 @@ EPS_PIXELS = {"linf": 0.1, "l2": 1.5, "none": 0.1}  # [0, 1] pixel units, by the
 UNBOUNDED = ("cw_l2", "deepfool")  # minimal-perturbation attacks, run without a budget
 # Images per call by attack (others: 64): at most ~50 s of full work per call on the CNN-F end to end on a
 # quiet 2-core machine, except SPSA (~26,000 forward passes per image: ~2.5 min for one).
-DEFAULT_BATCH = {"fgsm": 256, "uniform_noise": 32, "gaussian_noise": 32, "deepfool": 8, "cw_l2": 8, "spsa": 1}
+# APGD-CE: 101 gradient rows per image (2.5x PGD-40); APGD-T: 9 targets x 101; Square: 5,001 forward rows.
+DEFAULT_BATCH = {"fgsm": 256, "uniform_noise": 32, "gaussian_noise": 32, "deepfool": 8, "cw_l2": 8, "spsa": 1,
+                 "apgd_ce": 24, "apgd_dlr": 24, "apgd_t": 4, "square": 8}
+GRADIENT_THROUGH_GATES = ("pgd_linf", "apgd_ce", "apgd_dlr", "apgd_t")  # also timed with straight-through gates (e2e_bpda)
 # model -> (ind, feedback iterations, scored prediction); plain CNNs run 0 iterations.
 MODELS = {"cnnf_fmnist_adv": (2, 1, "avg"), "cnn_fmnist_adv": (0, 0, "first"),
           "cnnf_fmnist_std": (0, 1, "avg"), "cnn_fmnist_std": (0, 0, "first")}
-SETTINGS = ("steps", "restarts", "binary_search_steps", "n_candidates", "n_samples", "draws")
+SETTINGS = ("steps", "restarts", "n_targets", "queries", "binary_search_steps", "n_candidates", "n_samples", "draws")
 NEVER_FOOLED_OFFSET = 1e4
 
 
@@ -209,7 +215,8 @@ def settings(attack: Attack) -> str:
     base = getattr(attack, "base", None)
     if isinstance(base, Attack):
         return f"{type(base).__name__}: {settings(base)}"
-    return " ".join(f"{k}={getattr(attack, k)}" for k in SETTINGS if hasattr(attack, k))
+    shown = [k for k in SETTINGS if hasattr(attack, k) and (k != "n_targets" or getattr(attack, "loss", "") == "dlr_targeted")]
+    return " ".join(f"{k}={getattr(attack, k)}" for k in shown)
 
 
 def time_attack(attack: Attack, target: Target, x: Tensor, y: Tensor, seconds: float, device: torch.device) -> Timing:
@@ -297,7 +304,7 @@ def main() -> None:
         source_net = build_net(model_name.replace("cnnf_", "cnn_"), 1, {}).to(device)
         source = Target(InferenceModel(source_net, 0, "first"), not args.early_stop)
         for target_name, model in targets(model_name, net).items():
-            attacks = [a for a in args.attacks if target_name != "e2e_bpda" or a == "pgd_linf"]
+            attacks = [a for a in args.attacks if target_name != "e2e_bpda" or a in GRADIENT_THROUGH_GATES]
             if not attacks:
                 continue
             forward.append(Forward(model_name, target_name, len(x_all), *time_forward(model, x_all, args.seconds, device)))

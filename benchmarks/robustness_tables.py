@@ -12,12 +12,18 @@ training, B.1), a plain CNN (`cnn_fmnist_std`) and a CNN-F
   end also with straight-through (BPDA) gates; every attack at Linf 0.1.
 - FL Table III: FGSM, CW-L2, PGD, BIM, MIM, DeepFool, uniform and Gaussian
   noise on both models (the FL models themselves come with issue #5).
+- AutoAttack's attacks in the CNN-F suites, each on every image
+  and in the Min: APGD-CE and APGD-T (9 targets) against the first pass, end
+  to end and end to end with BPDA gates (the CNN: its only pass), and Square
+  end to end; `--apgd-steps`, `--square-queries` (AutoAttack: 100, 5000),
+  `--no-autoattack` leaves them out. Rendered as a table of their own.
 - accuracy vs eps of the end-to-end PGD, and the integrity checks of every
   evaluation.
 Writes Markdown, a PNG and the raw reports (JSON) to `--out`; the evaluation
 state goes to `--out`/state/ (delete it to start over), so an interrupted run
 resumes. Budgets are in [0, 1] pixel units (Linf; L2 for CW and DeepFool).
-About 40 minutes on the 2-core machine with `--n-eval 100 --seeds 0`.
+About 40 minutes on the 2-core machine with `--n-eval 100 --seeds 0` before
+the AutoAttack attacks were added (their share is not yet measured alone).
 The host (CPU model, avx2 / avx512f / avx512_bf16 / amx flags, threads) is
 printed first and stored under "host" in reports.json. Everything runs in
 fp32: nothing to skip on a CPU without native bf16.
@@ -39,10 +45,10 @@ from pathlib import Path
 from cnnf.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from cnnf.data import load_splits
 from cnnf.evaluate import EvalProgress, evaluate
-from cnnf.suite import AttackSpec, cnnf_paper_suite, fl_paper_suite
+from cnnf.suite import AttackSpec, autoattack_suite, cnnf_paper_suite, fl_paper_suite
 from cnnf.plots import accuracy_vs_eps
 from cnnf.report import EvalReport
-from cnnf.tables import checks_table, cnnf_table, fl_table
+from cnnf.tables import autoattack_table, checks_table, cnnf_table, fl_table
 from cnnf.train import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,6 +66,9 @@ def main() -> None:
     parser.add_argument("--pgd-steps", type=int, default=20)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="attack seeds (mean ± std)")
     parser.add_argument("--out", default="docs/reproductions/robustness")
+    parser.add_argument("--apgd-steps", type=int, default=100, help="APGD-CE / APGD-T iterations (AutoAttack: 100)")
+    parser.add_argument("--square-queries", type=int, default=5000, help="Square attack queries (AutoAttack: 5000)")
+    parser.add_argument("--no-autoattack", action="store_true", help="leave out APGD-CE, APGD-T and Square (the PGD-only tables)")
     args = parser.parse_args()
     host = print_host("cpu")
     out = Path(args.out)
@@ -101,17 +110,30 @@ def main() -> None:
     common = dict(n_examples=args.n_eval, seeds=tuple(args.seeds), batch_size=100)
     paper = dict(pgd_steps=args.pgd_steps, **common)
 
+    def with_autoattack(suite, targets):
+        """The suite plus APGD-CE and APGD-T against `targets` and Square end to end
+        (AutoAttack's settings, not cascaded: each attack on every image, so each
+        has its own accuracy), all in the suite's per-example Min."""
+        if args.no_autoattack:
+            return suite
+        aa = autoattack_suite(EPS, targets=targets, apgd_steps=args.apgd_steps, square_queries=args.square_queries,
+                              cascade=False)
+        return dataclasses.replace(suite, attacks=suite.attacks + aa.attacks)
+
     def with_curve(suite):
         """The same suite with the end-to-end PGD also swept over GRID."""
         attacks = tuple(dataclasses.replace(a, eps_grid=GRID) if a.attack == "pgd_linf" and a.target is None and a.gates == "exact"
                         else a for a in suite.attacks)
         return dataclasses.replace(suite, attacks=attacks)
 
+    cnnf_targets = ("first", "e2e", "e2e_bpda")
     reports = {
-        "CNN": run("CNN", cnn, with_curve(cnnf_paper_suite(EPS, n_iterations=0, prediction="first", transfer=False, bpda=False, **paper))),
-        "CNN-F (last)": run("CNN-F (last)", cnnf, cnnf_paper_suite(EPS, n_iterations=1, prediction="last", **paper),
-                            transfer_source=cnn),
-        "CNN-F (avg)": run("CNN-F (avg)", cnnf, with_curve(cnnf_paper_suite(EPS, n_iterations=1, prediction="avg", **paper)),
+        "CNN": run("CNN", cnn, with_autoattack(with_curve(cnnf_paper_suite(EPS, n_iterations=0, prediction="first", transfer=False,
+                                                                           bpda=False, **paper)), ("e2e",))),
+        "CNN-F (last)": run("CNN-F (last)", cnnf, with_autoattack(cnnf_paper_suite(EPS, n_iterations=1, prediction="last", **paper),
+                                                                  cnnf_targets), transfer_source=cnn),
+        "CNN-F (avg)": run("CNN-F (avg)", cnnf, with_autoattack(with_curve(cnnf_paper_suite(EPS, n_iterations=1, prediction="avg",
+                                                                                            **paper)), cnnf_targets),
                            transfer_source=cnn),
     }
     fl_suite = fl_paper_suite(EPS, l2_eps=1.5, **common)
@@ -134,6 +156,10 @@ def main() -> None:
         f"{args.out}/state/ what an earlier run had finished.\n",
         "## CNN-F paper format (Tables 2-5)\n",
         cnnf_table([(name, [r]) for name, r in reports.items()]),
+        *([] if args.no_autoattack else [
+            f"\n## AutoAttack's attacks (APGD-CE and APGD-T {args.apgd_steps} iterations, APGD-T 9 targets, "
+            f"Square {args.square_queries} queries), each on every image; Min over every attack of the suite\n",
+            autoattack_table([(name, [r]) for name, r in reports.items()])]),
         "\n## Feedback-learning paper format (Table III), on the two models\n",
         fl_table([(name, [r]) for name, r in fl_reports.items()]),
         "\n## Accuracy vs eps (end-to-end PGD)\n",

@@ -152,9 +152,15 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Clean accuracy, Linf PGD against the first pass and end to end, FGSM,
-    an optional accuracy-vs-eps curve and the integrity checks
-    (`cnnf.suite.suite_from_config`)."""
+    """What a trial evaluates (`cnnf.suite.suite_from_config`), by `suite`:
+    "pgd" (the default): clean accuracy, Linf PGD against the first pass and
+    end to end, FGSM, then APGD-CE end to end on the examples those left
+    robust (apgd_steps 0 leaves it out: the PGD-only suite), an
+    optional accuracy-vs-eps curve of the end-to-end PGD, and the integrity
+    checks. "autoattack": AutoAttack's standard sequence (APGD-CE, APGD-T,
+    Square; no FAB-T), each stage on the examples the earlier ones left
+    robust, against the first pass and end to end (Square end to end), and
+    the checks (`cnnf.suite.autoattack_suite`)."""
 
     n_iterations: Optional[int] = None  # feedback iterations at test time; None: train.n_iterations
     prediction: Literal["first", "last", "avg"] = "avg"
@@ -168,8 +174,19 @@ class EvalConfig:
     eps_grid: tuple[float, ...] = ()  # [0, 1] pixel units: budgets of the end-to-end PGD accuracy-vs-eps curve
     checks: bool = True  # the integrity checks of robustness-eval.md, with probe attacks on check_examples images
     check_examples: int = 100
+    suite: Literal["pgd", "autoattack"] = "pgd"
+    apgd_steps: int = 100  # APGD-CE and APGD-T iterations (Croce & Hein 2020: 100); 0: no APGD-CE in the pgd suite
+    apgd_targets: int = 9  # autoattack: target classes of APGD-T (the highest wrong logits)
+    square_queries: int = 5000  # autoattack: Square attack iterations (one query each)
 
     def __post_init__(self) -> None:
+        require(self.suite in ("pgd", "autoattack"), "suite", f"expected pgd or autoattack, got {self.suite!r}")
+        least = 1 if self.suite == "autoattack" else 0
+        require(self.apgd_steps >= least, "apgd_steps", f"must be >= {least} with suite {self.suite}, got {self.apgd_steps}")
+        require(self.apgd_targets >= 1, "apgd_targets", f"must be >= 1, got {self.apgd_targets}")
+        require(self.square_queries >= 0, "square_queries", f"must be >= 0, got {self.square_queries}")
+        require(not (self.suite == "autoattack" and self.eps_grid), "eps_grid",
+                "the accuracy-vs-eps curve is the pgd suite's (end-to-end PGD); unset it with suite autoattack")
         object.__setattr__(self, "eps_grid", tuple(float(e) for e in self.eps_grid))
         require(all(0.0 <= e <= 1.0 for e in self.eps_grid), "eps_grid", f"budgets must be in [0, 1] pixel units, got {list(self.eps_grid)}")
         require(self.check_examples >= 1, "check_examples", f"must be positive, got {self.check_examples}")

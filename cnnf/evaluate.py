@@ -40,8 +40,8 @@ from cnnf.models import FeedbackNet, InferenceModel
 from cnnf.report import AttackResult, Check, Curve, EvalReport, mean_std
 from cnnf.runtime import tune_cpu_allocator
 # The suite types and builders live in cnnf.suite; re-exported here, where users meet them.
-from cnnf.suite import (UNBOUNDED, AttackSpec, Suite, attack_norm, cnnf_paper_suite, fl_paper_suite,  # noqa: F401
-                        pgd_suite, suite_from_config)
+from cnnf.suite import (UNBOUNDED, AttackSpec, Suite, attack_norm, autoattack_suite, cnnf_paper_suite,  # noqa: F401
+                        fl_paper_suite, pgd_suite, suite_from_config)
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,7 @@ class _Evaluator:
         if state_path is not None and state_path.exists():
             self._load()
         self.done_batches, self.total_batches = 0, 0
+        self.planned_keys: set[str] = set()
 
     # -- prediction functions ------------------------------------------------
     def resolve_target(self, target: Optional[str], gates: str) -> tuple[str, str]:
@@ -138,13 +139,25 @@ class _Evaluator:
 
     # -- units --------------------------------------------------------------------
     def unit(self, spec: AttackSpec, seed: int, n: Optional[int] = None, eps: Any = "nominal") -> Unit:
+        """The work of `spec` with `seed` on the first n images (all by default).
+        A cascade spec of the suite at its nominal budget on all images attacks
+        only the examples every earlier attack left robust: finding them runs
+        (or reads from the cache) the earlier attacks' units."""
         target, gates = self.resolve_target(spec.target, spec.gates)
+        rows = None
+        if spec.cascade and eps == "nominal" and n is None and spec in self.suite.attacks:
+            survivors = self.clean_correct().clone()
+            for earlier in self.suite.attacks[: self.suite.attacks.index(spec)]:
+                survivors &= self.run(self.unit(earlier, seed), earlier.name())
+            rows = tuple(torch.nonzero(survivors).flatten().tolist())
         return Unit(spec.attack, spec.eps if eps == "nominal" else eps, target, gates, spec.params, seed,
-                    self.n if n is None else min(n, self.n))
+                    self.n if n is None else min(n, self.n), rows)
 
     def planned(self, units: Sequence[Unit]) -> None:
-        """Count the batches still to run, for the progress callback."""
+        """Count the batches still to run, for the progress callback (units
+        not planned here, cascade stages and check probes, are counted when they start)."""
         todo = {u.key(): u for u in units if u.key() not in self.results and not (u.eps == 0.0)}
+        self.planned_keys.update(todo)
         self.total_batches += sum(-(-u.size() // self.suite.batch_size) for u in todo.values())
 
     def run(self, unit: Unit, label: str) -> Tensor:
@@ -157,6 +170,9 @@ class _Evaluator:
         if unit.eps == 0.0:  # no budget: the clean images
             self.results[key], self.seconds[key] = clean.clone(), 0.0
             return self.results[key]
+        if key not in self.planned_keys:
+            self.planned_keys.add(key)
+            self.total_batches += -(-(unit.size() - self.partial.get(key, (0,))[0]) // self.suite.batch_size)
         attack = self.build(unit)
         predict = self.predictor(unit.target, unit.gates)
         # One random stream per unit, its state saved with the partial results:
@@ -262,7 +278,8 @@ def evaluate(
     try:
         with fused.use_kernels(kernels_on):
             ev = _Evaluator(model, data, suite, transfer_source, Path(state_path) if state_path is not None else None, progress)
-            main_units = [ev.unit(spec, s) for spec in suite.attacks for s in suite.seeds]
+            # Cascade stages are planned when they start: their images are known only then.
+            main_units = [ev.unit(spec, s) for spec in suite.attacks for s in suite.seeds if not spec.cascade]
             curve_units = [ev.unit(spec, s, eps=e) for spec in suite.attacks for e in spec.eps_grid for s in suite.seeds]
             ev.planned(main_units + curve_units)
             clean = ev.clean_correct()
@@ -295,16 +312,18 @@ def _n_classes(ev: _Evaluator) -> int:
 
 
 def _attack_result(ev: _Evaluator, spec: AttackSpec) -> AttackResult:
-    per_seed, seconds = [], 0.0
+    per_seed, seconds, attacked = [], 0.0, 0
     for s in ev.suite.seeds:
         u = ev.unit(spec, s)
         per_seed.append(ev.run(u, spec.name()).float().mean().item())
         seconds += ev.seconds[u.key()]
+        attacked += u.size()  # a cascade stage attacks only the survivors of the earlier ones
     acc, std = mean_std(per_seed)
     target, gates = ev.resolve_target(spec.target, spec.gates)
     norm = attack_norm(spec.attack, dict(spec.params))
-    ips = ev.n * len(ev.suite.seeds) / seconds if seconds > 0 else float("inf")
-    return AttackResult(spec.name(), spec.attack, target, gates, spec.eps, norm, acc, std, tuple(per_seed), seconds, ips)
+    ips = attacked / seconds if seconds > 0 else float("inf")
+    return AttackResult(spec.name(), spec.attack, target, gates, spec.eps, norm, acc, std, tuple(per_seed), seconds, ips,
+                        spec.cascade)
 
 
 def _curve(ev: _Evaluator, spec: AttackSpec) -> Curve:
@@ -319,6 +338,6 @@ def _curve(ev: _Evaluator, spec: AttackSpec) -> Curve:
     return Curve(spec.name(), spec.attack, target, attack_norm(spec.attack, dict(spec.params)), tuple(grid), tuple(accs), tuple(stds))
 
 
-__all__ = ["AttackSpec", "EvalProgress", "EvalReport", "Progress", "Suite", "cnnf_paper_suite", "evaluate",
+__all__ = ["AttackSpec", "EvalProgress", "EvalReport", "Progress", "Suite", "autoattack_suite", "cnnf_paper_suite", "evaluate",
            "fl_paper_suite", "pgd_suite", "suite_from_config"]
 

@@ -44,7 +44,8 @@ class AttackResult:
     std: float
     per_seed: tuple[float, ...]
     seconds: float  # summed over seeds
-    images_per_s: float
+    images_per_s: float  # per attacked image (a cascade stage attacks only the earlier stages' survivors)
+    cascade: bool = False  # acc is that after this attack and every one before it in the suite (AutoAttack's order)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """What an evaluation runs: `AttackSpec` (one attack, its budget, target and
 parameters), `Suite` (the attacks, the scored model, seeds and checks) and
 the suites the project's reports use (`pgd_suite`, `cnnf_paper_suite`,
-`fl_paper_suite`, `suite_from_config`). `cnnf.evaluate.evaluate` runs a
+`fl_paper_suite`, `autoattack_suite`, `suite_from_config`). `cnnf.evaluate.evaluate` runs a
 suite; the integrity checks (`cnnf.checks`) read its specs. Budgets are in
 [0, 1] pixel units.
 """
@@ -31,6 +31,11 @@ class AttackSpec:
     params: further constructor arguments of the attack, as (name, value) pairs.
     eps_grid: budgets of an accuracy-vs-eps curve for this attack (0 = clean).
     label: report name; default "<attack>/<first|e2e|last|avg>[_bpda]".
+    cascade: attack only the examples every earlier attack of the suite left
+    robust (clean-correct and unbroken), as AutoAttack runs its attacks; the
+    others count as broken, so the reported accuracy is that of the sequence
+    up to this attack (AutoAttack's "robust accuracy after <attack>"), and
+    the cost falls with every stage. Not with an eps_grid.
     """
 
     attack: str
@@ -40,6 +45,7 @@ class AttackSpec:
     params: tuple[tuple[str, Any], ...] = ()
     eps_grid: tuple[float, ...] = ()
     label: Optional[str] = None
+    cascade: bool = False
 
     def __post_init__(self) -> None:
         names = attack_names()
@@ -57,12 +63,14 @@ class AttackSpec:
             raise ValueError(f"{self.attack}: gates must be one of {GATES}, got {self.gates!r}")
         if any(k in ("eps_pixels", "source") for k, _ in self.params):
             raise ValueError(f"{self.attack}: pass the budget as eps= and the transfer source to evaluate(), not in params")
+        if self.cascade and self.eps_grid:
+            raise ValueError(f"{self.attack}: cascade: an attack that runs on the survivors of the earlier ones has no eps_grid curve")
 
     @staticmethod
     def of(attack: str, eps: Optional[float] = None, *, target: Optional[str] = None, gates: str = "exact",
-           eps_grid: Sequence[float] = (), label: Optional[str] = None, **params: Any) -> "AttackSpec":
+           eps_grid: Sequence[float] = (), label: Optional[str] = None, cascade: bool = False, **params: Any) -> "AttackSpec":
         """AttackSpec.of("pgd_linf", 0.1, steps=40) instead of spelling out params pairs."""
-        return AttackSpec(attack, eps, target, gates, tuple(sorted(params.items())), tuple(eps_grid), label)
+        return AttackSpec(attack, eps, target, gates, tuple(sorted(params.items())), tuple(eps_grid), label, cascade)
 
     def where(self) -> str:
         return ("e2e" if self.target is None else self.target) + ("_bpda" if self.gates == "bpda" else "")
@@ -193,18 +201,77 @@ def fl_paper_suite(eps: float = 0.1, *, l2_eps: Optional[float] = None, noise_ep
     return Suite(tuple(attacks), **suite)
 
 
+AUTOATTACK_TARGETS = {"first": ("first", "exact"), "e2e": (None, "exact"), "e2e_bpda": (None, "bpda")}
+
+
+def autoattack_suite(eps: float = 0.1, *, norm: str = "linf", targets: Sequence[str] = ("e2e",), apgd_steps: int = 100,
+                     n_targets: int = 9, square_queries: int = 5000, square: bool = True, cascade: bool = True,
+                     n_iterations: int = 1, prediction: str = "avg", **suite: Any) -> Suite:
+    """AutoAttack's standard sequence (Croce & Hein 2020): APGD-CE (apgd_steps
+    iterations, no restarts), APGD-T (targeted DLR against each of the
+    n_targets classes with the highest wrong logits, apgd_steps iterations,
+    one restart each) and Square (square_queries iterations, p_init 0.8).
+    FAB-T, AutoAttack's third attack (a minimal-distortion attack), is left
+    out: it is not implemented here, so an image only FAB-T would break
+    counts as robust.
+
+    targets: what the APGD stages attack, in order, each of "first" (the
+    first forward pass), "e2e" (the scored prediction end to end) and
+    "e2e_bpda" (end to end with straight-through gates); a plain model
+    resolves them all to its only pass, so give it ("e2e",). Square queries
+    the scored prediction (what a black-box attacker sees). norm: "linf" or
+    "l2" (eps in [0, 1] pixel units either way). square: False leaves Square
+    out (its queries dominate the cost on a robust model).
+
+    cascade (default): every stage attacks only the examples still robust
+    after the earlier ones (as AutoAttack does, so the cost falls with every
+    stage) and reports the accuracy after it; the last stage's is the Min.
+    cascade=False runs every attack on every image (standalone accuracies,
+    the Min still per example over all of them)."""
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm: expected linf or l2, got {norm!r}")
+    bad = [t for t in targets if t not in AUTOATTACK_TARGETS]
+    if bad or not targets:
+        raise ValueError(f"targets: expected a non-empty sequence of {', '.join(AUTOATTACK_TARGETS)}, got {list(targets)}")
+    attacks = []
+    for attack, params in (("apgd_ce", {"steps": apgd_steps}), ("apgd_t", {"steps": apgd_steps, "n_targets": n_targets})):
+        for t in targets:
+            target, gates = AUTOATTACK_TARGETS[t]
+            attacks.append(AttackSpec.of(attack, eps, target=target, gates=gates, cascade=cascade, norm=norm, **params))
+    if square:
+        attacks.append(AttackSpec.of("square", eps, cascade=cascade, norm=norm, queries=square_queries))
+    return Suite(tuple(attacks), n_iterations=n_iterations, prediction=prediction, **suite)
+
+
 def suite_from_config(cfg: EvalConfig, n_iterations: int) -> Suite:
-    """The suite a sweep trial runs (EvalConfig): Linf PGD first and end to end,
-    FGSM at the same budget, an accuracy-vs-eps curve of the end-to-end PGD
-    when cfg.eps_grid is set, and the checks. Labels "pgd_first", "pgd_e2e",
-    "fgsm" give the metrics <split>_pgd_first_acc, ... that sweeps optimise."""
+    """The suite a sweep trial runs (EvalConfig), by cfg.suite.
+
+    "pgd": Linf PGD first and end to end, FGSM at the same budget, then
+    APGD-CE (cfg.apgd_steps iterations, none if 0) end to end on the
+    examples those three left robust, an accuracy-vs-eps curve of the
+    end-to-end PGD when cfg.eps_grid is set, and the checks. Labels
+    "pgd_first", "pgd_e2e", "fgsm", "apgd_ce" give the metrics
+    <split>_pgd_first_acc, ... that sweeps optimise; apgd_ce's accuracy is
+    that after all four attacks, i.e. the Min.
+
+    "autoattack": `autoattack_suite` at cfg.eps_linf against the first pass
+    and end to end (only the first pass for a plain model or prediction
+    "first"), cascaded; labels "apgd_ce/first", "apgd_ce/e2e",
+    "apgd_t/first", "apgd_t/e2e", "square/e2e" (metrics apgd_ce_first_acc, ...)."""
+    common = dict(n_iterations=n_iterations, prediction=cfg.prediction, n_examples=cfg.n_examples,
+                  batch_size=cfg.batch_size, seeds=(cfg.seed,), checks=cfg.checks, check_examples=cfg.check_examples)
+    if cfg.suite == "autoattack":
+        targets = ("first", "e2e") if n_iterations > 0 and cfg.prediction != "first" else ("e2e",)
+        return autoattack_suite(cfg.eps_linf, targets=targets, apgd_steps=cfg.apgd_steps, n_targets=cfg.apgd_targets,
+                                square_queries=cfg.square_queries, square=cfg.square_queries > 0, **common)
     params = {"steps": cfg.pgd_steps, "step_pixels": cfg.pgd_step_linf, "random_start": cfg.pgd_random_start}
     grid = tuple(sorted({0.0, *cfg.eps_grid, cfg.eps_linf})) if cfg.eps_grid else ()  # 0: the clean point, free
-    attacks = (AttackSpec.of("pgd_linf", cfg.eps_linf, target="first", label="pgd_first", **params),
+    attacks = [AttackSpec.of("pgd_linf", cfg.eps_linf, target="first", label="pgd_first", **params),
                AttackSpec.of("pgd_linf", cfg.eps_linf, eps_grid=grid, label="pgd_e2e", **params),
-               AttackSpec.of("fgsm", cfg.eps_linf, label="fgsm"))
-    return Suite(attacks, n_iterations=n_iterations, prediction=cfg.prediction, n_examples=cfg.n_examples,
-                 batch_size=cfg.batch_size, seeds=(cfg.seed,), checks=cfg.checks, check_examples=cfg.check_examples)
+               AttackSpec.of("fgsm", cfg.eps_linf, label="fgsm")]
+    if cfg.apgd_steps > 0:
+        attacks.append(AttackSpec.of("apgd_ce", cfg.eps_linf, label="apgd_ce", cascade=True, steps=cfg.apgd_steps))
+    return Suite(tuple(attacks), **common)
 
 
 def attack_norm(name: str, params: Mapping[str, Any] | None = None) -> str:
@@ -213,7 +280,9 @@ def attack_norm(name: str, params: Mapping[str, Any] | None = None) -> str:
 
     if name == "transfer":
         return attack_norm(str((params or {}).get("base", "pgd_linf")))
+    if params and "norm" in params:  # attacks with a norm argument (APGD, Square)
+        return str(params["norm"])
     return getattr(ATTACKS.get(name).factory, "norm", "linf")
 
 
-__all__ = ["AttackSpec", "Suite", "UNBOUNDED", "attack_norm", "cnnf_paper_suite", "fl_paper_suite", "pgd_suite", "suite_from_config"]
+__all__ = ["AttackSpec", "Suite", "UNBOUNDED", "attack_norm", "autoattack_suite", "cnnf_paper_suite", "fl_paper_suite", "pgd_suite", "suite_from_config"]

@@ -1,7 +1,8 @@
 """Markdown tables of evaluation reports: pure functions returning text.
 
 `cnnf_table` renders the CNN-F paper's Tables 2-5, `fl_table` the feedback
-learning paper's Table III, `checks_table` one report's integrity checks.
+learning paper's Table III, `autoattack_table` the APGD / Square results
+and the Min, `checks_table` one report's integrity checks.
 Accuracies are printed in percent as "mean ± std": across the reports of a
 row (training seeds) when it has several, else the report's own figures
 (across attack seeds). Budgets are quoted in [0, 1] pixel units.
@@ -79,6 +80,46 @@ def fl_table(models: Sequence[tuple[str, Sequence[EvalReport]]]) -> str:
     lines = [_markdown(["Attack"] + [name for name, _ in models], table_rows), ""]
     lines.append(f"Budgets (ε in [0, 1] pixel units): {'; '.join(legend) or 'no attacks'}. {_sample_legend(models)}.")
     lines += _flag_lines(models)
+    return "\n".join(lines) + "\n"
+
+
+# The AutoAttack table's attacks (Croce & Hein 2020; Andriushchenko et al. 2020), in AutoAttack's order.
+AUTOATTACK_ROWS = (("apgd_ce", "APGD-CE"), ("apgd_dlr", "APGD-DLR"), ("apgd_t", "APGD-T"), ("square", "Square"))
+
+
+def has_autoattack(report: EvalReport) -> bool:
+    names = {a for a, _ in AUTOATTACK_ROWS}
+    return any(a.attack in names for a in report.attacks)
+
+
+def autoattack_table(models: Sequence[tuple[str, Sequence[EvalReport]]]) -> str:
+    """One row per APGD / Square result (by label: "APGD-CE (first)",
+    "APGD-T (e2e_bpda)", ...; in AutoAttack's order), one column per model,
+    then the per-example Min over every attack of the report. A cascade
+    stage (marked †) reports the accuracy after it and every attack before it."""
+    pretty = dict(AUTOATTACK_ROWS)
+    labels: list[tuple[str, str, bool]] = []  # (label, row name, cascade)
+    for attack, name in AUTOATTACK_ROWS:
+        for _, reports in models:
+            for r in reports:
+                for a in r.attacks:
+                    if a.attack == attack and a.label not in [lab for lab, _, _ in labels]:
+                        where = a.label.split("/", 1)[1] if "/" in a.label else ""
+                        labels.append((a.label, f"{pretty[attack]}{f' ({where})' if where else ''}{' †' if a.cascade else ''}",
+                                       a.cascade))
+    rows = [["Clean"] + [_cell(reports, _clean) for _, reports in models]]
+    for label, row_name, _ in labels:
+        lookup = _acc(lambda r, label=label: next((a for a in r.attacks if a.label == label), None))
+        rows.append([row_name] + [_cell(reports, lookup) for _, reports in models])
+    rows.append(["Min (all attacks)"] + [_cell(reports, lambda r: (r.min_acc, r.min_std)) for _, reports in models])
+    results = [a for _, reports in models for r in reports for a in r.attacks if a.attack in pretty]
+    lines = [_markdown(["Attack"] + [name for name, _ in models], rows), ""]
+    legend = (f"Budget {_budgets(results) or 'none'} (ε in [0, 1] pixel units); {_sample_legend(models)}. first: the first "
+              "forward pass; e2e: the scored prediction end to end; _bpda: with straight-through feedback gates. "
+              "FAB-T (AutoAttack's third attack) is not run.")
+    if any(c for _, _, c in labels):
+        legend += " † accuracy after this attack and every attack above it in the suite (each runs on the survivors)."
+    lines.append(legend)
     return "\n".join(lines) + "\n"
 
 

@@ -161,7 +161,7 @@ def test_plain_module_and_transfer(trained_net: FeedbackNet, data: ArrayDataset)
 
 def test_suite_from_config_keeps_the_sweep_metric_names() -> None:
     suite = suite_from_config(EvalConfig(eps_linf=0.1, pgd_steps=7, eps_grid=(0.05, 0.2), check_examples=50), 2)
-    assert [a.name() for a in suite.attacks] == ["pgd_first", "pgd_e2e", "fgsm"]
+    assert [a.name() for a in suite.attacks] == ["pgd_first", "pgd_e2e", "fgsm", "apgd_ce"]  # APGD-CE on the survivors
     assert suite.attacks[1].eps_grid == (0.0, 0.05, 0.1, 0.2)
     assert suite.n_iterations == 2 and suite.check_examples == 50 and suite.checks
 

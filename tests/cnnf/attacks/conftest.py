@@ -28,6 +28,10 @@ FAST: dict[str, dict[str, Any]] = {
     "uniform_noise": dict(eps_pixels=0.1, draws=10),
     "gaussian_noise": dict(eps_pixels=0.1, draws=10),
     "transfer": dict(eps_pixels=0.03, steps=5),  # the source model is added by `build`
+    "apgd_ce": dict(eps_pixels=0.03, steps=5),
+    "apgd_dlr": dict(eps_pixels=0.03, steps=5),
+    "apgd_t": dict(eps_pixels=0.03, steps=5, n_targets=2),
+    "square": dict(eps_pixels=0.03, queries=20),
 }
 
 
@@ -64,6 +68,11 @@ def other_net(sample_splits: DataSplits) -> nn.Module:
 @pytest.fixture(scope="session")
 def batch(sample_splits: DataSplits) -> tuple[Tensor, Tensor]:
     return sample_splits.test.x[:32], sample_splits.test.y[:32]
+
+
+@pytest.fixture(scope="session")
+def batch64(sample_splits: DataSplits) -> tuple[Tensor, Tensor]:
+    return sample_splits.test.x[:64], sample_splits.test.y[:64]
 
 
 def build(name: str, source: Predict | None = None, **overrides: Any) -> Attack:

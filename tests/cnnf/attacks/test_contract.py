@@ -28,6 +28,13 @@ MORE: dict[str, tuple[str, dict]] = {
     "uniform_noise": ("draws", {}),
     "gaussian_noise": ("draws", {}),
     "transfer": ("steps", dict(step_pixels=0.01)),
+    # APGD's checkpoints are fractions of `steps` (a longer run is another
+    # trajectory) and Square's square sizes follow the query budget: their
+    # extending knobs are the restarts (APGD-T: the target classes, in order).
+    "apgd_ce": ("restarts", {}),
+    "apgd_dlr": ("restarts", {}),
+    "apgd_t": ("n_targets", {}),
+    "square": ("restarts", {}),
 }
 
 
@@ -35,12 +42,12 @@ def test_every_attack_has_fast_settings() -> None:
     assert sorted(FAST) == NAMES
     assert set(MORE) == set(NAMES) - {"fgsm"}
     assert set(NAMES) >= {"fgsm", "pgd_linf", "pgd_l2", "bim", "mim", "cw_l2", "deepfool", "spsa",
-                          "uniform_noise", "gaussian_noise", "transfer"}
+                          "uniform_noise", "gaussian_noise", "transfer", "apgd_ce", "apgd_dlr", "apgd_t", "square"}
 
 
 def test_unknown_name_lists_the_registered_ones() -> None:
     with pytest.raises(ValueError) as info:
-        create_attack("square", eps_pixels=0.1)
+        create_attack("fab_t", eps_pixels=0.1)
     for name in NAMES:
         assert name in str(info.value)
 
@@ -88,6 +95,7 @@ def test_a_large_budget_breaks_most_examples(name: str, tiny_net: nn.Module, bat
     x, y = batch
     large = {"pgd_l2": 2.0, "cw_l2": None, "deepfool": None, "gaussian_noise": 0.5, "uniform_noise": 1.0}.get(name, 0.15)
     more = dict(steps=20, n_samples=32, lr_pixels=0.01) if name == "spsa" else {}  # Adam moves ~lr a step: reach the surface
+    more = dict(queries=100) if name == "square" else more
     x_adv = build(name, tiny_net, eps_pixels=large, **more).perturb(tiny_net, x, y)
     assert accuracy(tiny_net, x_adv, y) < 0.5 * accuracy(tiny_net, x, y)
 
