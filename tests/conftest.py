@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
@@ -52,3 +54,26 @@ def write_sweep(tmp_path: Path):
         return path
 
     return write
+
+
+@contextlib.contextmanager
+def private_ray(**resources: Any) -> Iterator[Any]:
+    """A one-node local Ray started for a test (`ray.init(address="local",
+    **resources)`), shut down afterwards with RAY_AUTH_MODE put back: ray.init
+    turns token mode on in os.environ, which must not leak into later tests."""
+    import ray
+
+    from tuning.cluster import AUTH_MODE_ENV
+
+    if ray.is_initialized():
+        ray.shutdown()
+    saved = os.environ.get(AUTH_MODE_ENV)
+    ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False, **resources)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        if saved is None:
+            os.environ.pop(AUTH_MODE_ENV, None)
+        else:
+            os.environ[AUTH_MODE_ENV] = saved

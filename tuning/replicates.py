@@ -171,6 +171,8 @@ EPOCH_METRICS = EpochResult.metric_names()
 # Where a trial's time went (seconds, mean over replicates): training (every
 # epoch, resumed ones included), the evaluations, and the whole replicate.
 TRIAL_TIMINGS = ("time_train_s", "time_eval_s", "time_trial_s")
+GPU_MEM_PEAK = "gpu_mem_peak_mib"  # reported only by a trial that ran on a GPU
+TRIAL_METRICS = (*TRIAL_TIMINGS, GPU_MEM_PEAK)  # what every trial may report beside its kind's own metrics
 
 
 def trial_timings(history: Sequence[EpochResult], reports: dict[str, EvalReport], started: float) -> dict[str, float]:
@@ -283,5 +285,3 @@ def gpu_memory_peak() -> dict[str, float]:
         return {}
     return {GPU_MEM_PEAK: torch.cuda.max_memory_reserved() / 2**20}
 
-
-GPU_MEM_PEAK = "gpu_mem_peak_mib"

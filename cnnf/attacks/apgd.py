@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cnnf.attacks.base import ATTACKS, Attack, FirstSuccess, Predict, l2_norm, per_example, rows_per_call
+from cnnf.attacks.base import (ATTACKS, Attack, FirstSuccess, Predict, check_norm_restarts_batch, l2_norm, per_example,
+                               rows_per_call)
 
 ALPHA = 0.75  # momentum
 RHO = 0.75  # condition 1: share of loss-raising steps between checkpoints
-NORMS = ("linf", "l2")
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -92,16 +92,11 @@ class APGDAttack(Attack):
     def __init__(self, eps_pixels: float, steps: int = 100, restarts: int = 1, norm: str = "linf",
                  n_targets: int = 9, random_start: bool = True, max_batch: int | None = None, seed: int = 0):
         super().__init__(eps_pixels, seed)
-        if norm not in NORMS:
-            raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
+        check_norm_restarts_batch(norm, restarts, max_batch)
         if steps < 1:
             raise ValueError(f"steps: must be >= 1, got {steps}")
-        if restarts < 1:
-            raise ValueError(f"restarts: must be >= 1, got {restarts}")
         if n_targets < 1:
             raise ValueError(f"n_targets: must be >= 1, got {n_targets}")
-        if max_batch is not None and max_batch < 1:
-            raise ValueError(f"max_batch: must be >= 1, got {max_batch}")
         self.norm = norm
         self.steps, self.restarts, self.n_targets = steps, restarts, n_targets
         self.random_start, self.max_batch = random_start, max_batch

@@ -73,6 +73,19 @@ class Attack:
         return torch.clamp(x + delta * per_example(scale, x), self.lo, self.hi)  # the clip only absorbs rounding
 
 
+NORMS = ("linf", "l2")  # the norms of attacks that take a norm= argument (APGD, Square)
+
+
+def check_norm_restarts_batch(norm: str, restarts: int, max_batch: int | None) -> None:
+    """The arguments APGD and Square share: a ValueError naming the bad one."""
+    if norm not in NORMS:
+        raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
+    if restarts < 1:
+        raise ValueError(f"restarts: must be >= 1, got {restarts}")
+    if max_batch is not None and max_batch < 1:
+        raise ValueError(f"max_batch: must be >= 1, got {max_batch}")
+
+
 def per_example(values: Tensor, like: Tensor) -> Tensor:
     """(N,) -> (N, 1, ..., 1), broadcastable against `like` (N, ...)."""
     return values.view(-1, *([1] * (like.dim() - 1)))

@@ -42,9 +42,9 @@ import math
 import torch
 from torch import Tensor
 
-from cnnf.attacks.base import ATTACKS, Attack, FirstSuccess, Predict, l2_norm, margin, per_example, rows_per_call
+from cnnf.attacks.base import (ATTACKS, Attack, FirstSuccess, Predict, check_norm_restarts_batch, l2_norm, margin, per_example,
+                               rows_per_call)
 
-NORMS = ("linf", "l2")
 P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # of a 10,000-query run
 # L2 squares have a side of at least 3: in a 1-pixel square the pattern and the
 # old perturbation cancel for one sign in two, and the update loses that mass.
@@ -85,16 +85,11 @@ class SquareAttack(Attack):
     def __init__(self, eps_pixels: float, queries: int = 5000, norm: str = "linf", p_init: float = 0.8,
                  restarts: int = 1, max_batch: int | None = None, seed: int = 0):
         super().__init__(eps_pixels, seed)
-        if norm not in NORMS:
-            raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
+        check_norm_restarts_batch(norm, restarts, max_batch)
         if queries < 0:
             raise ValueError(f"queries: must be >= 0, got {queries}")
-        if restarts < 1:
-            raise ValueError(f"restarts: must be >= 1, got {restarts}")
         if not 0.0 < p_init <= 1.0:
             raise ValueError(f"p_init: must be in (0, 1], got {p_init}")
-        if max_batch is not None and max_batch < 1:
-            raise ValueError(f"max_batch: must be >= 1, got {max_batch}")
         self.norm = norm
         self.queries, self.p_init, self.restarts, self.max_batch = queries, p_init, restarts, max_batch
 

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import pytest
 
 from sweeps.spec import parse_sweep
-from tests.conftest import REPO, TINY_SWEEP
+from tests.conftest import REPO, TINY_SWEEP, private_ray
 from tuning import cluster, jobs, runner
 from tuning.cluster import (
     AUTH_MODE_ENV,
@@ -604,18 +604,8 @@ def test_trial_placement_outside_ray_does_not_start_ray(no_ray_init, monkeypatch
 
 @pytest.fixture(scope="module")
 def local_ray():
-    import ray
-
-    saved = os.environ.get(AUTH_MODE_ENV)
-    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    try:
+    with private_ray(num_cpus=1) as ray:
         yield ray
-    finally:
-        ray.shutdown()
-        if saved is None:  # ray.init turns token mode on in os.environ; do not leak it into later tests
-            os.environ.pop(AUTH_MODE_ENV, None)
-        else:
-            os.environ[AUTH_MODE_ENV] = saved
 
 
 def test_unshared_nodes_the_real_node_sees_the_probe(local_ray, tmp_path: Path) -> None:

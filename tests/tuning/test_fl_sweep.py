@@ -13,6 +13,7 @@ import pytest
 
 from sweeps.spec import parse_sweep
 from tuning.kinds import experiment_kind
+from tuning.replicates import GPU_MEM_PEAK
 from tuning.runner import STAGES, launch_sweep
 from tuning.space import apply_params
 
@@ -89,7 +90,7 @@ def test_trial_runs_carry_fl_metrics_and_reports(fl_sweep) -> None:
         # (CNNF_STRICT_METRICS=1 makes an undeclared one fail the sweep).
         params = {k: v == "True" if v in ("True", "False") else json.loads(v) for k, v in run.data.params.items()}
         cfg = apply_params(loaded.config.base, params)
-        declared = set(experiment_kind("fl").metrics(cfg))
+        declared = set(experiment_kind("fl").metrics(cfg)) - {GPU_MEM_PEAK}  # a CPU trial: no GPU memory
         declared -= {"val_check_8_ok"}  # skipped: a plain CNN has no feedback to compare end to end
         assert set(m) == declared, set(m) ^ declared
         assert m["time_trial_s"] > m["time_train_s"] > 0 and m["time_val_checks_s"] > 0

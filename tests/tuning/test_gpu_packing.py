@@ -16,14 +16,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import TINY_SWEEP
+from tests.conftest import TINY_SWEEP, private_ray
 from tuning.runner import LaunchError, MLFLOW_DB
 
 pytestmark = pytest.mark.slow
@@ -34,7 +33,6 @@ FRACTION = 0.25
 PER_GPU = 4  # 1 / FRACTION
 TRIALS = 10
 CONCURRENT = 8
-AUTH_MODE_ENV = "RAY_AUTH_MODE"
 
 
 def _spec(out: Path, experiment: str, gpu: float, cpu: float = 1, num_trials: int = TRIALS) -> str:
@@ -53,21 +51,8 @@ def _spec(out: Path, experiment: str, gpu: float, cpu: float = 1, num_trials: in
 @pytest.fixture(scope="module")
 def declared_gpus():
     """A local Ray node declaring 2 GPUs and 8 CPUs that this machine does not have."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    saved = os.environ.get(AUTH_MODE_ENV)
-    ray.init(address="local", num_cpus=DECLARED_CPUS, num_gpus=DECLARED_GPUS, include_dashboard=False,
-             logging_level="ERROR", log_to_driver=False)
-    try:
+    with private_ray(num_cpus=DECLARED_CPUS, num_gpus=DECLARED_GPUS) as ray:
         yield ray
-    finally:
-        ray.shutdown()
-        if saved is None:  # ray.init turns token mode on in os.environ; do not leak it into later tests
-            os.environ.pop(AUTH_MODE_ENV, None)
-        else:
-            os.environ[AUTH_MODE_ENV] = saved
 
 
 @pytest.fixture(scope="module")

@@ -77,3 +77,14 @@ def test_a_deleted_restore_checkpoint_with_nothing_beside_it_is_an_error(tmp_pat
     (tmp_path / "trial").mkdir()
     with pytest.raises(FileNotFoundError, match="checkpoint_000001: the checkpoint to resume from is gone"):
         _successor_states(tmp_path / "trial" / "checkpoint_000001", 1)
+
+
+@pytest.mark.parametrize("kind", ["cnnf", "fl"])
+def test_every_kind_declares_the_gpu_memory_metric(kind: str) -> None:
+    """A trial on a GPU reports gpu_mem_peak_mib; an undeclared metric is an error under the tests' strict mode."""
+    from cnnf.config import ExperimentConfig
+    from fl.config import FLConfig
+    from tuning.kinds import experiment_kind
+
+    base = ExperimentConfig() if kind == "cnnf" else FLConfig()
+    assert GPU_MEM_PEAK in experiment_kind(kind).metrics(base)

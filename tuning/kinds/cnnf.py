@@ -34,10 +34,10 @@ def cnnf_suites(cfg: ExperimentConfig) -> tuple[Suite, Suite]:
 
 def cnnf_final_metrics(cfg: ExperimentConfig, suites: Callable[[ExperimentConfig], tuple[Suite, Suite]] = cnnf_suites) -> tuple[str, ...]:
     """What a CNN-F trial reports at its end, named by the suites it runs."""
-    from tuning.replicates import TRIAL_TIMINGS
+    from tuning.replicates import TRIAL_METRICS
 
     val, test = suites(cfg)
-    return (*val.metric_names("val_"), *test.metric_names("test_"), *TRIAL_TIMINGS,
+    return (*val.metric_names("val_"), *test.metric_names("test_"), *TRIAL_METRICS,
             *val.timing_names("time_val_"), *test.timing_names("time_test_"))
 
 

@@ -31,10 +31,10 @@ def _fl_final_metrics(cfg: FLConfig) -> tuple[str, ...]:
     """What an FL trial reports at its end: the comparison's metrics (named by fl.metrics) and its timings."""
     from fl.metrics import SPLITS, metric_names
     from fl.pipeline import fl_suites
-    from tuning.replicates import TRIAL_TIMINGS
+    from tuning.replicates import TRIAL_METRICS
 
     suites = fl_suites(cfg, SPLITS)
-    return (*metric_names(cfg), *TRIAL_TIMINGS, *(n for split, suite in suites.items() for n in suite.timing_names(f"time_{split}_")))
+    return (*metric_names(cfg), *TRIAL_METRICS, *(n for split, suite in suites.items() for n in suite.timing_names(f"time_{split}_")))
 
 
 def _pickled_stage(stages: Optional[Path], name: str, key: str, compute: Callable[[], Any]) -> Any:
