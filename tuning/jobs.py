@@ -154,9 +154,25 @@ def submit_job(client: Any, address: str, job_id: str, entrypoint: str, *, worki
     metadata: the sweep's (sweep_id, output_dir, tracking_uri, sweep_kind),
     what `sweep status` and `sweep resume` read back."""
     runtime_env = _runtime_env(working_dir, output_root, job_id, env, stop_wait_s, address)
-    _call(address, lambda: client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env,
-                                            metadata=metadata))
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            _call(address, lambda: client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env,
+                                                    metadata=metadata))
+            break
+        except RuntimeError as exc:  # the head refused before creating the job: asking again is safe
+            if NO_AGENT not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(AGENT_RETRY_PAUSE_S)
     return _info(_call(address, lambda: client.get_job_info(job_id)))
+
+
+# A head whose nodes' dashboard agents have not registered yet (a cluster just
+# started, or one under load) answers a submission with HTTP 500 "No available
+# agent to submit job, please try again later" before creating anything.
+NO_AGENT = "No available agent to submit job"
+AGENT_WAIT_S = 60.0
+AGENT_RETRY_PAUSE_S = 2.0
 
 
 def check_resources(address: str, cfg: SweepConfig, output_root: Path) -> None:

@@ -655,3 +655,45 @@ def test_sweep_counts_reads_trial_states_from_mlflow_alone(tmp_path: Path) -> No
     client.set_terminated(done.info.run_id, status="FINISHED")
     assert sweep_counts(uri, "s-20260101-000000") == {"COMPLETE": 2, "PRUNED": 1, "FAILED": 1, "RUNNING": 1, "KILLED": 1}
     assert sweep_counts(uri, "t-20260101-000000")["COMPLETE"] == 1
+
+
+class _AgentLateClient:
+    """A Jobs client whose head answers like Ray's before a dashboard agent has registered."""
+
+    def __init__(self, refusals: int, message: str = "Request failed with status code 500: No available agent to submit job, "
+                                                   "please try again later.."):
+        self.refusals, self.message, self.submitted = refusals, message, []
+
+    def submit_job(self, **kwargs: Any) -> str:
+        if self.refusals > 0:
+            self.refusals -= 1
+            raise RuntimeError(self.message)
+        self.submitted.append(kwargs["submission_id"])
+        return kwargs["submission_id"]
+
+    def get_job_info(self, job_id: str) -> Any:
+        return SimpleNamespace(submission_id=job_id, status="PENDING", entrypoint="x", metadata={}, message="",
+                               start_time=None, end_time=None, driver_info=None)
+
+
+def test_submit_waits_for_a_late_dashboard_agent(monkeypatch, tmp_path: Path) -> None:
+    """A fresh or loaded head refuses a submission (HTTP 500, no agent yet) before creating anything: ask again."""
+    monkeypatch.setattr(jobs, "_runtime_env", lambda *a, **k: {})
+    monkeypatch.setattr(jobs, "_info", lambda info: info)
+    pauses: list[float] = []
+    monkeypatch.setattr(jobs.time, "sleep", pauses.append)
+    client = _AgentLateClient(refusals=2)
+    info = jobs.submit_job(client, "http://127.0.0.1:8265", "sweep-1", "true", working_dir=tmp_path, output_root=tmp_path,
+                           env={}, metadata={})
+    assert client.submitted == ["sweep-1"] and info.submission_id == "sweep-1"
+    assert pauses == [jobs.AGENT_RETRY_PAUSE_S] * 2
+
+
+def test_submit_does_not_retry_other_refusals(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(jobs, "_runtime_env", lambda *a, **k: {})
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: pytest.fail("retried a refusal that is not about the agent"))
+    client = _AgentLateClient(refusals=1, message="Request failed with status code 400: Job with submission_id sweep-1 already exists")
+    with pytest.raises(RuntimeError, match="already exists"):
+        jobs.submit_job(client, "http://127.0.0.1:8265", "sweep-1", "true", working_dir=tmp_path, output_root=tmp_path,
+                        env={}, metadata={})
+    assert client.submitted == []

@@ -208,7 +208,7 @@ def evaluated() -> tuple[EvalReport, EvalReport]:
 
 def test_evaluated_report_round_trips_through_json(evaluated) -> None:
     val, test = evaluated
-    assert val.curves and len(val.checks) == 8 and {a.label for a in val.attacks} == {"pgd_first", "pgd_e2e", "fgsm"}
+    assert val.curves and len(val.checks) == 8 and {a.label for a in val.attacks} == {"pgd_first", "pgd_e2e", "fgsm", "apgd_ce"}
     assert not test.checks
     for report in (val, test):
         back = round_trip(report)
