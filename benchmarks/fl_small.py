@@ -69,6 +69,22 @@ PAPER_R = {"original": 36.15, "adv": 31.74, "fl": 39.12, "reduced_fl_paper": 35.
 PAPER_NA = 79.0
 
 
+def small_config(*, n_train: Optional[int] = None, epochs: int = 8, samples: int = 300, directions: int = 196,
+                 retrain_epochs: int = 4, n_eval: int = 1000) -> FLConfig:
+    """This benchmark's FL setting (its defaults are the command line's): `cnn_mnist_small` on the
+    offline MNIST, the paper's quotas 20 / 100 / 150 scaled to `samples` // 10 searched samples per class."""
+    scale = samples // 10 / 150  # the paper's quotas are of 150 searched samples per class
+    return FLConfig(
+        data=DataConfig(dataset="mnist", n_train=n_train),
+        model=ModelConfig(arch="cnn_mnist_small"),
+        train=TrainConfig(epochs=epochs, batch_size=128, n_iterations=0, device="cpu"),
+        search=SearchConfig(n_samples=samples, n_directions=directions, device="cpu"),
+        selection=SelectionConfig(quota_high=max(1, round(20 * scale)), quota_medium=round(100 * scale), quota_low=round(150 * scale)),
+        retrain=RetrainConfig(epochs=retrain_epochs),
+        eval=FLEvalConfig(n_examples=n_eval, check_examples=100),
+    )
+
+
 def _acc(report: EvalReport, label: str) -> Optional[float]:
     a = next((a for a in report.attacks if a.label == label), None)
     return None if a is None else 100 * a.acc
@@ -130,16 +146,8 @@ def main() -> None:
     t_start = time.perf_counter()
 
     per_class = args.samples // 10
-    scale = per_class / 150  # the paper's quotas are of 150 searched samples per class
-    cfg = FLConfig(
-        data=DataConfig(dataset="mnist", n_train=args.n_train),
-        model=ModelConfig(arch="cnn_mnist_small"),
-        train=TrainConfig(epochs=args.epochs, batch_size=128, n_iterations=0, device="cpu"),
-        search=SearchConfig(n_samples=args.samples, n_directions=args.directions, device="cpu"),
-        selection=SelectionConfig(quota_high=max(1, round(20 * scale)), quota_medium=round(100 * scale), quota_low=round(150 * scale)),
-        retrain=RetrainConfig(epochs=args.retrain_epochs),
-        eval=FLEvalConfig(n_examples=args.n_eval, check_examples=100),
-    )
+    cfg = small_config(n_train=args.n_train, epochs=args.epochs, samples=args.samples, directions=args.directions,
+                       retrain_epochs=args.retrain_epochs, n_eval=args.n_eval)
     paper_reduced = replace(cfg, selection=replace(cfg.selection, reduced_size="max_quota"))
     splits = load_splits(cfg.data)
     sel = cfg.selection

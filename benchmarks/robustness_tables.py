@@ -17,13 +17,22 @@ training, B.1), a plain CNN (`cnn_fmnist_std`) and a CNN-F
   to end and end to end with BPDA gates (the CNN: its only pass), and Square
   end to end; `--apgd-steps`, `--square-queries` (AutoAttack: 100, 5000),
   `--no-autoattack` leaves them out. Rendered as a table of their own.
+- the feedback-learning models (`--no-fl` leaves them out): the original
+  `cnn_mnist_small`, FL and reduced FL as `benchmarks/fl_small.py` makes
+  them with its defaults (offline MNIST, 300 searched samples x 196
+  directions; stages kept in `--out`/state/fl/), each under the CNN's suite
+  with AutoAttack's attacks, on the first `--fl-n-eval` MNIST test images.
 - accuracy vs eps of the end-to-end PGD, and the integrity checks of every
   evaluation.
-Writes Markdown, a PNG and the raw reports (JSON) to `--out`; the evaluation
+Writes results.md, a PNG and the raw reports (JSON) to `--out` (README.md
+there is the hand-written reading of them); the evaluation
 state goes to `--out`/state/ (delete it to start over), so an interrupted run
 resumes. Budgets are in [0, 1] pixel units (Linf; L2 for CW and DeepFool).
-About 40 minutes on the 2-core machine with `--n-eval 100 --seeds 0` before
-the AutoAttack attacks were added (their share is not yet measured alone).
+With `--n-eval 100 --seeds 0` the Fashion-MNIST models' evaluations took
+18 min alone on a 2-core Xeon with AVX-512 (2026-12-02; AutoAttack's
+attacks included), the FL models 2 min to make and about 2 min each to
+evaluate on 500 images; the default `--n-eval 200 --seeds 0 1` is 4x the
+Fashion-MNIST part.
 The host (CPU model, avx2 / avx512f / avx512_bf16 / amx flags, threads) is
 printed first and stored under "host" in reports.json. Everything runs in
 fp32: nothing to skip on a CPU without native bf16.
@@ -50,9 +59,12 @@ from cnnf.plots import accuracy_vs_eps
 from cnnf.report import EvalReport
 from cnnf.tables import autoattack_table, checks_table, cnnf_table, fl_table
 from cnnf.train import fit
+from fl.pipeline import retrain, search_margins, train_base
+from fl.stats import margin_stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _host import print_host  # noqa: E402
+from _host import host_line, print_host  # noqa: E402
+from fl_small import NAMES as FL_NAMES, small_config  # noqa: E402
 
 EPS = 0.1
 GRID = (0.0, 0.025, 0.05, 0.1, 0.15, 0.2)
@@ -69,6 +81,12 @@ def main() -> None:
     parser.add_argument("--apgd-steps", type=int, default=100, help="APGD-CE / APGD-T iterations (AutoAttack: 100)")
     parser.add_argument("--square-queries", type=int, default=5000, help="Square attack queries (AutoAttack: 5000)")
     parser.add_argument("--no-autoattack", action="store_true", help="leave out APGD-CE, APGD-T and Square (the PGD-only tables)")
+    parser.add_argument("--no-fl", action="store_true", help="leave out the feedback-learning models (MNIST)")
+    parser.add_argument("--fl-n-train", type=int, default=None, help="FL models: MNIST training images (default: all offline)")
+    parser.add_argument("--fl-epochs", type=int, default=8, help="FL models: epochs of the original model (fl_small.py: 8)")
+    parser.add_argument("--fl-samples", type=int, default=300, help="FL models: searched samples (fl_small.py: 300)")
+    parser.add_argument("--fl-directions", type=int, default=196, help="FL models: search directions (fl_small.py: 196)")
+    parser.add_argument("--fl-n-eval", type=int, default=500, help="FL models: MNIST test images evaluated (cheap: a small CNN)")
     args = parser.parse_args()
     host = print_host("cpu")
     out = Path(args.out)
@@ -92,7 +110,7 @@ def main() -> None:
         print(f"trained {arch} ({args.epochs} epochs) in {time.perf_counter() - t0:.0f} s")
     cnn, cnnf = models["cnn_fmnist_std"], models["cnnf_fmnist_std"]
 
-    def run(name: str, model, suite, **kw) -> EvalReport:
+    def run(name: str, model, suite, data=None, **kw) -> EvalReport:
         t0 = time.perf_counter()
         last = [""]
 
@@ -103,7 +121,7 @@ def main() -> None:
 
         # Resumable: a rerun retrains the same weights (seeded) and continues from here.
         state = out / "state" / (name.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "") + ".pt")
-        r = evaluate(model, splits.test, suite, split="test", progress=progress, state_path=state, **kw)
+        r = evaluate(model, splits.test if data is None else data, suite, split="test", progress=progress, state_path=state, **kw)
         print(f"{name}: {time.perf_counter() - t0:.0f} s, {len(r.flagged)} flagged checks")
         return r
 
@@ -144,10 +162,30 @@ def main() -> None:
                                                attacks=fl_suite.attacks + (AttackSpec.of("pgd_linf", EPS, gates="bpda", label="pgd_bpda"),))),
     }
 
-    every = [*reports.values(), *fl_reports.values()]
+    # The feedback-learning models (MNIST): fl_small.py's defaults, its stages cached under state/fl.
+    fl_models: dict[str, EvalReport] = {}
+    if not args.no_fl:
+        fl_cfg = small_config(n_train=args.fl_n_train, epochs=args.fl_epochs, samples=args.fl_samples,
+                              directions=args.fl_directions)
+        mnist = load_splits(fl_cfg.data)
+        stages = out / "state" / "fl"
+        t0 = time.perf_counter()
+        base, _ = train_base(fl_cfg, mnist, stage_dir=stages)
+        margins = search_margins(base, mnist, fl_cfg, stage_dir=stages)
+        stats = margin_stats(margins, mnist.n_classes)
+        nets = {"original": base, "fl": retrain(base, mnist, margins, stats, fl_cfg).net,
+                "reduced_fl": retrain(base, mnist, margins, stats, fl_cfg, equal_quotas=True).net}
+        print(f"FL models (original, FL, reduced FL) ready in {time.perf_counter() - t0:.0f} s")
+        for key, net in nets.items():
+            suite = cnnf_paper_suite(EPS, n_iterations=0, prediction="first", transfer=False, bpda=False,
+                                     **(paper | dict(n_examples=args.fl_n_eval)))
+            fl_models[FL_NAMES[key]] = run(f"{FL_NAMES[key]} (MNIST)", net.eval(), with_autoattack(suite, ("e2e",)), data=mnist.test)
+
+    every = [*reports.values(), *fl_reports.values(), *fl_models.values()]
     attack_minutes = sum(a.seconds for r in every for a in r.attacks) / 60  # saved with the state: survives resuming
     md = [
-        "# Robustness evaluation at small scale (`benchmarks/robustness_tables.py`)\n",
+        "# Robustness evaluation at small scale: measured (`benchmarks/robustness_tables.py`)\n",
+        f"{host_line(host)}. fp32 on the CPU. The reading of these numbers is in [README.md](README.md).\n",
         f"Fashion-MNIST standard training (B.1) on {len(splits.train)} images for {args.epochs} epochs; "
         f"the first {args.n_eval} test images; attack seeds {args.seeds}; Linf eps {EPS} in [0, 1] pixel units "
         f"(0.2 in the models' [-1, 1] input units); PGD-{args.pgd_steps} with random start. "
@@ -160,21 +198,30 @@ def main() -> None:
             f"\n## AutoAttack's attacks (APGD-CE and APGD-T {args.apgd_steps} iterations, APGD-T 9 targets, "
             f"Square {args.square_queries} queries), each on every image; Min over every attack of the suite\n",
             autoattack_table([(name, [r]) for name, r in reports.items()])]),
+        *([] if not fl_models else [
+            "\n## The feedback-learning models (MNIST, `cnn_mnist_small` as `benchmarks/fl_small.py` trains them), "
+            "CNN-F paper format\n",
+            cnnf_table([(name, [r]) for name, r in fl_models.items()])]),
+        *([] if not fl_models or args.no_autoattack else [
+            "\n## The feedback-learning models: AutoAttack's attacks\n",
+            autoattack_table([(name, [r]) for name, r in fl_models.items()])]),
         "\n## Feedback-learning paper format (Table III), on the two models\n",
         fl_table([(name, [r]) for name, r in fl_reports.items()]),
         "\n## Accuracy vs eps (end-to-end PGD)\n",
         "![accuracy vs eps](accuracy_vs_eps.png)\n",
     ]
     for name, r in {**{f"{k} · paper suite": v for k, v in reports.items()},
-                    **{f"{k} · FL suite": v for k, v in fl_reports.items()}}.items():
+                    **{f"{k} · FL suite": v for k, v in fl_reports.items()},
+                    **{f"{k} (MNIST) · paper suite": v for k, v in fl_models.items()}}.items():
         md += [f"\n## Integrity checks: {name}\n", checks_table(r)]
-    (out / "README.md").write_text("\n".join(md) + "\n")
+    (out / "results.md").write_text("\n".join(md) + "\n")
     accuracy_vs_eps([("CNN", reports["CNN"]), ("CNN-F (avg)", reports["CNN-F (avg)"])], out / "accuracy_vs_eps.png",
                     title="Fashion-MNIST, standard training: end-to-end PGD")
-    (out / "reports.json").write_text(json.dumps({"host": host} | {k: r.as_dict() for k, r in {**reports, **{f"FL {k}": v for k, v in fl_reports.items()}}.items()},
+    (out / "reports.json").write_text(json.dumps({"host": host} | {k: r.as_dict() for k, r in {**reports, **{f"FL {k}": v for k, v in fl_reports.items()},
+                                                                                    **{f"{k} (MNIST)": v for k, v in fl_models.items()}}.items()},
                                                  indent=1))
     print("\n".join(md[3:5]))
-    print(f"wrote {out}/README.md, accuracy_vs_eps.png, reports.json in {(time.perf_counter() - t_start) / 60:.1f} min")
+    print(f"wrote {out}/results.md, accuracy_vs_eps.png, reports.json in {(time.perf_counter() - t_start) / 60:.1f} min")
 
 
 if __name__ == "__main__":

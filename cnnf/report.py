@@ -29,6 +29,10 @@ CHECK_NAMES: dict[int, str] = {
     8: "end-to-end not above first pass (CNN-F)",
 }
 
+# AutoAttack's attacks (registry names): an EvalReport also gives the Min
+# without them, so a report shows how much they lower the other attacks' Min.
+AUTOATTACK_ATTACKS = ("apgd_ce", "apgd_dlr", "apgd_t", "square")
+
 
 @dataclass(frozen=True)
 class AttackResult:
@@ -98,6 +102,15 @@ class EvalReport:
     checks: tuple[Check, ...]
     seconds: float  # the whole evaluation
     checks_seconds: float = 0.0  # of which the integrity checks (their probe attacks and gradient tests)
+    # The per-example Min over the attacks that are not AutoAttack's (AUTOATTACK_ATTACKS): the Min this
+    # suite gives without APGD and Square. None when the suite runs none of AutoAttack's attacks, or only them.
+    min_acc_no_aa: Optional[float] = None
+    min_std_no_aa: Optional[float] = None
+
+    @property
+    def autoattack_gap(self) -> Optional[float]:
+        """How much AutoAttack's attacks lower the Min (min_acc_no_aa - min_acc, >= 0), or None."""
+        return None if self.min_acc_no_aa is None else self.min_acc_no_aa - self.min_acc
 
     def result(self, label: str) -> AttackResult:
         for r in self.attacks:

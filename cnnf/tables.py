@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable, Iterable, Optional, Sequence
 
-from cnnf.report import AttackResult, Check, EvalReport, mean_std
+from cnnf.report import AUTOATTACK_ATTACKS, AttackResult, Check, EvalReport, mean_std
 
 MISSING = "–"
 STATUS_MARK = {"pass": "✓ pass", "flag": "⚠ flag", "skipped": "– skipped"}
@@ -84,12 +84,22 @@ def fl_table(models: Sequence[tuple[str, Sequence[EvalReport]]]) -> str:
 
 
 # The AutoAttack table's attacks (Croce & Hein 2020; Andriushchenko et al. 2020), in AutoAttack's order.
-AUTOATTACK_ROWS = (("apgd_ce", "APGD-CE"), ("apgd_dlr", "APGD-DLR"), ("apgd_t", "APGD-T"), ("square", "Square"))
+AUTOATTACK_ROWS = tuple(zip(AUTOATTACK_ATTACKS, ("APGD-CE", "APGD-DLR", "APGD-T", "Square")))
 
 
 def has_autoattack(report: EvalReport) -> bool:
-    names = {a for a, _ in AUTOATTACK_ROWS}
-    return any(a.attack in names for a in report.attacks)
+    return any(a.attack in AUTOATTACK_ATTACKS for a in report.attacks)
+
+
+def _gap_cell(reports: Sequence[EvalReport]) -> str:
+    """AutoAttack's gap in points: the Min without APGD / Square minus the Min with them
+    (mean over the reports that have both; ± their std when there are several)."""
+    gaps = [r.autoattack_gap for r in reports if r.autoattack_gap is not None]
+    if not gaps:
+        return MISSING
+    mean, std = mean_std(gaps) if len(gaps) > 1 else (gaps[0], None)
+    text = f"{100 * mean:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
+    return text if len(gaps) == len(reports) else f"{text} ({len(gaps)} of {len(reports)})"
 
 
 def autoattack_table(models: Sequence[tuple[str, Sequence[EvalReport]]]) -> str:
@@ -112,11 +122,18 @@ def autoattack_table(models: Sequence[tuple[str, Sequence[EvalReport]]]) -> str:
         lookup = _acc(lambda r, label=label: next((a for a in r.attacks if a.label == label), None))
         rows.append([row_name] + [_cell(reports, lookup) for _, reports in models])
     rows.append(["Min (all attacks)"] + [_cell(reports, lambda r: (r.min_acc, r.min_std)) for _, reports in models])
+    no_aa = lambda r: None if r.min_acc_no_aa is None else (r.min_acc_no_aa, r.min_std_no_aa)  # noqa: E731
+    if any(no_aa(r) is not None for _, reports in models for r in reports):
+        rows.append(["Min without APGD and Square"] + [_cell(reports, no_aa) for _, reports in models])
+        rows.append(["Gap (points)"] + [_gap_cell(reports) for _, reports in models])
     results = [a for _, reports in models for r in reports for a in r.attacks if a.attack in pretty]
     lines = [_markdown(["Attack"] + [name for name, _ in models], rows), ""]
     legend = (f"Budget {_budgets(results) or 'none'} (ε in [0, 1] pixel units); {_sample_legend(models)}. first: the first "
               "forward pass; e2e: the scored prediction end to end; _bpda: with straight-through feedback gates. "
               "FAB-T (AutoAttack's third attack) is not run.")
+    if any(r.min_acc_no_aa is not None for _, reports in models for r in reports):
+        legend += (" Min without APGD and Square: the per-example Min over the report's other attacks (what the suite "
+                   "reported before AutoAttack's attacks joined it); Gap: how many points they take off it, on the same images.")
     if any(c for _, _, c in labels):
         legend += " † accuracy after this attack and every attack above it in the suite (each runs on the survivors)."
     lines.append(legend)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -395,3 +396,29 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
     packed, serial = (figures["sweeps"][k]["trials_per_hour"] for k in ("packed", "serial"))
     assert tg["packed_speedup"]["value"] == pytest.approx(packed / serial) and tg["packed_speedup"]["threshold"] == 2.5
     assert 0 < figures["wall_s"] <= 300
+
+
+@pytest.mark.slow
+def test_robustness_tables_script_runs(tmp_path: Path) -> None:
+    """Every table of the robustness page, at toy size: the AutoAttack rows with the Min without them and the
+    gap, for the Fashion-MNIST models and the feedback-learning models (MNIST)."""
+    out = tmp_path / "robustness"
+    proc, _ = run_script("robustness_tables.py", "--n-train", "200", "--epochs", "1", "--n-eval", "8", "--pgd-steps", "2",
+                         "--seeds", "0", "--apgd-steps", "3", "--square-queries", "10", "--fl-n-train", "1500",
+                         "--fl-epochs", "2", "--fl-samples", "20", "--fl-directions", "4", "--fl-n-eval", "8", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = (out / "results.md").read_text()
+    figures = json.loads((out / "reports.json").read_text())
+    assert_host(proc.stdout, figures)
+    fl_models = ("Ori (MNIST)", "FL (MNIST)", "Reduced FL (FL's total) (MNIST)")
+    for name in ("CNN", "CNN-F (last)", "CNN-F (avg)", *fl_models):
+        report = figures[name]
+        labels = {a["label"] for a in report["attacks"]}
+        assert {"apgd_ce/e2e", "apgd_t/e2e", "square/e2e"} <= labels, (name, labels)
+        assert report["min_acc_no_aa"] is not None and report["min_acc"] <= report["min_acc_no_aa"], name
+    assert {"apgd_ce/first", "apgd_t/e2e_bpda"} <= {a["label"] for a in figures["CNN-F (avg)"]["attacks"]}
+    assert figures["FL CNN"]["min_acc_no_aa"] is None, "the FL suite runs none of AutoAttack's attacks"
+    assert len(re.findall(r"^\| Min without APGD and Square +\|", page, re.M)) == 2
+    assert len(re.findall(r"^\| Gap \(points\) +\|", page, re.M)) == 2
+    assert "## The feedback-learning models: AutoAttack's attacks" in page and re.search(r"\| +Reduced FL \(FL's total\) \|", page)
+    assert (out / "accuracy_vs_eps.png").stat().st_size > 0

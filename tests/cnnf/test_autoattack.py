@@ -5,6 +5,8 @@ APGD with PGD."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from cnnf.config import ConfigError, EvalConfig
 from cnnf.data import ArrayDataset, DataSplits
 from cnnf.evaluate import AttackSpec, Suite, _Evaluator, autoattack_suite, evaluate, suite_from_config
 from cnnf.models import FeedbackNet, InferenceModel
+from cnnf.report import EvalReport
 from cnnf.tables import autoattack_table
 from sweeps.spec import SpecError, parse_sweep
 from tests.conftest import TINY_SWEEP
@@ -60,6 +63,28 @@ def test_cascade_false_runs_every_attack_on_every_image(trained_net: FeedbackNet
     report = evaluate(trained_net, data, suite)
     worst = min(a.acc for a in report.attacks)
     assert report.min_acc <= worst
+
+
+def test_the_report_gives_the_min_without_autoattacks_attacks(trained_net: FeedbackNet, data: ArrayDataset) -> None:
+    pgd = AttackSpec.of("pgd_linf", 0.1, steps=3)
+    fgsm = AttackSpec.of("fgsm", 0.1)
+    apgd = AttackSpec.of("apgd_ce", 0.1, steps=5)
+    common = dict(n_iterations=1, prediction="avg", n_examples=32, batch_size=32, checks=False)
+    before = evaluate(trained_net, data, Suite(attacks=(pgd, fgsm), **common))
+    after = evaluate(trained_net, data, Suite(attacks=(pgd, fgsm, apgd), **common))
+    assert before.min_acc_no_aa is None and before.autoattack_gap is None, "no AutoAttack attack: nothing to compare"
+    assert after.min_acc_no_aa == pytest.approx(before.min_acc), "the same images and attacks without APGD"
+    assert after.min_acc <= after.min_acc_no_aa
+    assert after.min_acc <= after.acc("apgd_ce/e2e")
+    assert after.autoattack_gap == pytest.approx(after.min_acc_no_aa - after.min_acc)
+    only_aa = evaluate(trained_net, data, Suite(attacks=(apgd,), **common))
+    assert only_aa.min_acc_no_aa is None, "only AutoAttack's attacks: no Min without them"
+    assert EvalReport.from_dict(json.loads(json.dumps(after.as_dict()))) == after
+    table = autoattack_table([("CNN-F", [after]), ("PGD only", [before])])
+    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
+                                              if line.startswith("|"))}
+    assert rows["Min without APGD and Square"] == [f"{100 * after.min_acc_no_aa:.2f} ± 0.00", "–"], table
+    assert rows["Gap (points)"] == [f"{100 * after.autoattack_gap:.2f}", "–"], table
 
 
 def test_bad_autoattack_arguments_are_rejected() -> None:
