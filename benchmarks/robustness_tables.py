@@ -28,11 +28,11 @@ Writes results.md, a PNG and the raw reports (JSON) to `--out` (README.md
 there is the hand-written reading of them); the evaluation
 state goes to `--out`/state/ (delete it to start over), so an interrupted run
 resumes. Budgets are in [0, 1] pixel units (Linf; L2 for CW and DeepFool).
-With `--n-eval 100 --seeds 0` the Fashion-MNIST models' evaluations took
-18 min alone on a 2-core Xeon with AVX-512 (2026-12-02; AutoAttack's
-attacks included), the FL models 2 min to make and about 2 min each to
-evaluate on 500 images; the default `--n-eval 200 --seeds 0 1` is 4x the
-Fashion-MNIST part.
+With `--n-eval 200 --seeds 0` (the published page) the Fashion-MNIST
+models' evaluations took 25 min alone on a 2-core Xeon with AVX-512
+(2026-12-02; AutoAttack's attacks included), the FL models 2 min to make
+and about 2 min each to evaluate on 500 images; the default second seed
+doubles the Fashion-MNIST part.
 The host (CPU model, avx2 / avx512f / avx512_bf16 / amx flags, threads) is
 printed first and stored under "host" in reports.json. Everything runs in
 fp32: nothing to skip on a CPU without native bf16.

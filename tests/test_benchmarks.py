@@ -422,3 +422,34 @@ def test_robustness_tables_script_runs(tmp_path: Path) -> None:
     assert len(re.findall(r"^\| Gap \(points\) +\|", page, re.M)) == 2
     assert "## The feedback-learning models: AutoAttack's attacks" in page and re.search(r"\| +Reduced FL \(FL's total\) \|", page)
     assert (out / "accuracy_vs_eps.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_fl_small_script_runs(tmp_path: Path) -> None:
+    """The feedback-learning comparison end to end at toy size: every model, its searches (the original's
+    directions, held-out, unclipped), the FL attack suite, the tables, figures and results.json."""
+    out = tmp_path / "fl"
+    proc, _ = run_script("fl_small.py", "--n-train", "1500", "--epochs", "2", "--retrain-epochs", "1", "--adv-epochs", "1",
+                         "--samples", "20", "--directions", "4", "--n-eval", "16", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads((out / "results.json").read_text())
+    assert_host(proc.stdout, figures)
+    models = ("original", "continued", "adv", "adv_light", "fl", "reduced_fl", "reduced_fl_paper")
+    assert set(models) <= set(figures)
+    for k in models:
+        report = figures[k]["report"]
+        assert report["n_examples"] == 16 and 0 <= report["min_acc"] <= report["clean_acc"] <= 1, k
+        assert {"fgsm", "pgd_linf", "cw_l2"} <= {a["label"] for a in report["attacks"]}, k
+        assert figures[k]["margins"] is not None, f"{k}: searched on the original's samples"
+    for k in ("original", "fl", "reduced_fl", "adv"):
+        assert figures[k]["margins_heldout"] is not None, f"{k}: held-out directions"
+    for k in ("original", "fl"):
+        assert figures[k]["margins_unclipped"] is not None, f"{k}: the unclipped ablation"
+    assert figures["fl"]["n_generated"] > 0 and figures["reduced_fl_paper"]["n_generated"] >= figures["reduced_fl"]["n_generated"]
+    page = (out / "results.md").read_text()
+    for heading in ("## Accuracy under the FL attack suite", "## The paper's MNIST numbers beside these",
+                    "## N/A share clipped and unclipped", "## Integrity checks: FL"):
+        assert heading in page, heading
+    for png in ("margin_heatmap", "class_robustness", "class_robustness_heldout", "class_centres", "fgsm_curve",
+                "uniform_noise_curve", "gaussian_noise_curve"):
+        assert (out / f"{png}.png").stat().st_size > 0, png
