@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cnnf.attacks.base import (ATTACKS, Attack, FirstSuccess, Predict, check_norm_restarts_batch, l2_norm, per_example,
-                               rows_per_call)
+                               predict_in_chunks, rows_per_call)
 
 ALPHA = 0.75  # momentum
 RHO = 0.75  # condition 1: share of loss-raising steps between checkpoints
@@ -144,8 +144,7 @@ class APGDAttack(Attack):
         if len(x) == 0:
             return best.x_adv
         with torch.no_grad():
-            clean = torch.cat([predict(x[i:i + rows_per_call(self.max_batch, x)])
-                               for i in range(0, len(x), rows_per_call(self.max_batch, x))])
+            clean = predict_in_chunks(predict, x, self.max_batch)
         k = clean.shape[1]
         needed = {"ce": 2, "dlr": 3, "dlr_targeted": 4}[self.loss]
         if k < needed:

@@ -100,6 +100,12 @@ def rows_per_call(max_batch: int | None, x: Tensor) -> int:
     return 8192 if x.is_cuda else 256
 
 
+def predict_in_chunks(predict: Predict, x: Tensor, max_batch: int | None) -> Tensor:
+    """predict(x) in calls of at most `rows_per_call(max_batch, x)` images, concatenated."""
+    step = rows_per_call(max_batch, x)
+    return torch.cat([predict(x[i:i + step]) for i in range(0, len(x), step)])
+
+
 def l2_norm(t: Tensor) -> Tensor:
     """Per-example L2 norm: (N, ...) -> (N,)."""
     return t.flatten(1).norm(dim=1)

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from cnnf.attacks.base import (ATTACKS, Attack, FirstSuccess, Predict, check_norm_restarts_batch, l2_norm, margin, per_example,
-                               rows_per_call)
+                               predict_in_chunks)
 
 P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # of a 10,000-query run
 # L2 squares have a side of at least 3: in a 1-pixel square the pattern and the
@@ -92,10 +92,6 @@ class SquareAttack(Attack):
             raise ValueError(f"p_init: must be in (0, 1], got {p_init}")
         self.norm = norm
         self.queries, self.p_init, self.restarts, self.max_batch = queries, p_init, restarts, max_batch
-
-    def _predict(self, predict: Predict, x: Tensor) -> Tensor:
-        step = rows_per_call(self.max_batch, x)
-        return torch.cat([predict(x[i:i + step]) for i in range(0, len(x), step)])
 
     def _side(self, x: Tensor, iteration: int) -> int:
         _, _, h, w = x.shape
@@ -175,14 +171,14 @@ class SquareAttack(Attack):
         if len(x) == 0:
             return best.x_adv
         all_rows = torch.arange(len(x), device=x.device)
-        best.update(x, self._predict(predict, x), all_rows)
+        best.update(x, predict_in_chunks(predict, x, self.max_batch), all_rows)
         candidate_of = self._linf_candidate if self.norm == "linf" else self._l2_candidate
         for _ in range(self.restarts):
             if best.all_fooled(all_rows):
                 break
             current = self._start(x, generator)  # drawn for every row: the stream does not depend on who is open
             rows = best.open_rows()
-            logits = self._predict(predict, current[rows])
+            logits = predict_in_chunks(predict, current[rows], self.max_batch)
             best.update(current[rows], logits, rows)
             loss = torch.full((len(x),), float("inf"), device=x.device, dtype=x.dtype)
             loss[rows] = margin(logits, y[rows])
@@ -191,7 +187,7 @@ class SquareAttack(Attack):
                 if len(rows) == 0:
                     break
                 candidate = candidate_of(x, current, self._side(x, i), generator)
-                logits = self._predict(predict, candidate[rows])
+                logits = predict_in_chunks(predict, candidate[rows], self.max_batch)
                 best.update(candidate[rows], logits, rows)
                 new_loss = margin(logits, y[rows])
                 accept = new_loss < loss[rows]

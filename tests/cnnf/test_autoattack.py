@@ -17,6 +17,7 @@ from cnnf.models import FeedbackNet, InferenceModel
 from cnnf.report import EvalReport
 from cnnf.tables import autoattack_table
 from sweeps.spec import SpecError, parse_sweep
+from tests.cnnf.test_tables import row_cells
 from tests.conftest import TINY_SWEEP
 
 FAST_AA = dict(apgd_steps=5, n_targets=2, square_queries=20)
@@ -81,10 +82,8 @@ def test_the_report_gives_the_min_without_autoattacks_attacks(trained_net: Feedb
     assert only_aa.min_acc_no_aa is None, "only AutoAttack's attacks: no Min without them"
     assert EvalReport.from_dict(json.loads(json.dumps(after.as_dict()))) == after
     table = autoattack_table([("CNN-F", [after]), ("PGD only", [before])])
-    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
-                                              if line.startswith("|"))}
-    assert rows["Min without APGD and Square"] == [f"{100 * after.min_acc_no_aa:.2f} ± 0.00", "–"], table
-    assert rows["Gap (points)"] == [f"{100 * after.autoattack_gap:.2f}", "–"], table
+    assert row_cells(table, "Min without APGD and Square") == [f"{100 * after.min_acc_no_aa:.2f} ± 0.00", "–"], table
+    assert row_cells(table, "Gap (points)") == [f"{100 * after.autoattack_gap:.2f}", "–"], table
 
 
 def test_bad_autoattack_arguments_are_rejected() -> None:
